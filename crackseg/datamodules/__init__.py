@@ -1,0 +1,31 @@
+"""Datamodules: one per dataset layout, all subclasses of :class:`CrackDataModule`."""
+
+from crackseg.datamodules.base import CrackDataModule
+from crackseg.datamodules.crack500 import Crack500DataModule
+from crackseg.datamodules.crackforest import CrackForestDataModule
+from crackseg.datamodules.deepcrack import DeepCrackDataModule
+from crackseg.datamodules.folder import FolderDataModule
+from crackseg.datamodules.kolektor import KolektorSDD2DataModule
+from crackseg.datamodules.magnetic_tile import MagneticTileDataModule
+from crackseg.datamodules.mvtec import MVTecADDataModule
+from crackseg.datamodules.ozgenel import OzgenelDataModule
+
+__all__ = [
+    "CrackDataModule",
+    "Crack500DataModule",
+    "CrackForestDataModule",
+    "DeepCrackDataModule",
+    "FolderDataModule",
+    "KolektorSDD2DataModule",
+    "MVTecADDataModule",
+    "MagneticTileDataModule",
+    "OzgenelDataModule",
+]
+
+# TODO: import SyntheticCracksDataModule unconditionally once crackseg/datamodules/synthetic.py is merged.
+try:
+    from crackseg.datamodules.synthetic import SyntheticCracksDataModule  # noqa: F401
+except ImportError:  # pragma: no cover - the module is written separately
+    pass
+else:
+    __all__.append("SyntheticCracksDataModule")

@@ -1,0 +1,258 @@
+"""Base class of every datamodule: splits, validation of files, loaders, prediction inputs.
+
+A concrete datamodule only says where a split's samples are (:meth:`CrackDataModule.find_samples`);
+everything else (seeded hold-out validation, normal-only training, augmentation, file checks, the
+prediction folder) lives here once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader
+
+from crackseg.data.dataset import CrackDataset, Sample, collate
+from crackseg.data.io import DataError, image_size, is_image_file, list_images, read_mask
+from crackseg.data.transforms import build_transform
+
+Split = Literal["train", "val", "test"]
+
+
+class CrackDataModule(LightningDataModule):
+    """Common datamodule logic; subclasses implement :meth:`find_samples`.
+
+    Args:
+        root: dataset folder, in the layout the dataset is distributed in.
+        batch_size: training batch size.
+        eval_batch_size: validation / test / predict batch size (1 handles images of varied size).
+        num_workers: data-loading worker processes.
+        crop_size: side of the random training crop; None trains on whole (resized) images.
+        image_size: (height, width) all images are resized to; None keeps the size on disk.
+        rotate_limit: training rotation range [0, rotate_limit] degrees.
+        flip: random horizontal / vertical flips in training.
+        color_jitter: colour jitter strength in training (0 = off).
+        val_fraction: fraction of the training images held out for validation when the dataset has no
+            official validation split (seeded, so every run holds out the same images).
+        seed: seed of the hold-out split.
+        train_on_normal_only: drop defective images from the training split (unsupervised methods).
+        check_files: ``"header"`` checks at set-up that every file exists, opens as an image and that
+            mask and image sizes agree (reads headers only); ``"full"`` decodes every file; ``"none"``
+            skips the checks.
+        mask_threshold: grey level above which an image-mask pixel is a crack.
+        predict_path: image file or folder for ``crackseg predict``; None predicts the test split.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        batch_size: int = 4,
+        eval_batch_size: int = 1,
+        num_workers: int = 0,
+        crop_size: int | None = 256,
+        image_size: tuple[int, int] | None = None,
+        rotate_limit: float = 90.0,
+        flip: bool = True,
+        color_jitter: float = 0.0,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        train_on_normal_only: bool = False,
+        check_files: Literal["header", "full", "none"] = "header",
+        mask_threshold: int = 127,
+        predict_path: str | os.PathLike | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {value}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        if crop_size is not None and crop_size < 1:
+            raise ValueError(f"data.crop_size must be >= 1 or null, got {crop_size}")
+        if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
+            raise ValueError(f"data.image_size must be [height, width] >= 1, got {image_size}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        self.root = Path(root).expanduser()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.crop_size = crop_size
+        self.image_size = tuple(image_size) if image_size is not None else None
+        self.rotate_limit = rotate_limit
+        self.flip = flip
+        self.color_jitter = color_jitter
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.train_on_normal_only = train_on_normal_only
+        self.check_files = check_files
+        self.mask_threshold = mask_threshold
+        self.predict_path = Path(predict_path).expanduser() if predict_path is not None else None
+        self.datasets: dict[str, CrackDataset] = {}
+
+    # -- to implement -------------------------------------------------------------------------
+    def find_samples(self, split: Split) -> list[Sample] | None:
+        """The samples of ``split`` as laid out under ``root``.
+
+        Return None for ``"val"`` when the dataset has no official validation split: a seeded
+        ``val_fraction`` of the training samples is then held out.
+        """
+        raise NotImplementedError
+
+    def prepare_root(self) -> None:
+        """Create data under ``root`` if the datamodule generates it (synthetic data); no-op otherwise."""
+
+    # -- set-up -------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self.prepare_root()
+
+    def _require_root(self) -> None:
+        if not self.root.is_dir():
+            raise DataError(f"dataset root not found: {self.root} (set data.init_args.root)")
+
+    def split_samples(self) -> dict[str, list[Sample]]:
+        """Train / val / test samples after hold-out and normal-only filtering (no file checks)."""
+        self._require_root()
+        train = self.find_samples("train") or []
+        val = self.find_samples("val")
+        if val is None:
+            order = np.random.default_rng(self.seed).permutation(len(train))
+            n_val = int(round(self.val_fraction * len(train)))
+            held = set(order[:n_val].tolist())
+            val = [s for i, s in enumerate(train) if i in held]
+            train = [s for i, s in enumerate(train) if i not in held]
+        if self.train_on_normal_only:
+            train = [s for s in train if self._label(s) == 0]
+        test = self.find_samples("test") or []
+        return {"train": train, "val": val, "test": test}
+
+    def _label(self, sample: Sample) -> int:
+        if sample.label >= 0 or sample.mask is None:
+            return sample.label
+        return int(read_mask(sample.mask, self.mask_threshold).any())
+
+    def check_samples(self, samples: Sequence[Sample], split: str) -> None:
+        """Raise a :class:`DataError` naming the file if a sample is missing, unreadable or mismatched."""
+        if not samples:
+            hint = ""
+            if split == "val" and self.find_samples("val") is None:
+                hint = f" (data.val_fraction={self.val_fraction} holds out no training image)"
+            elif split == "train" and self.train_on_normal_only:
+                hint = " (data.train_on_normal_only=true left no normal image)"
+            raise DataError(f"the {split} split of {type(self).__name__} under {self.root} is empty{hint}")
+        if self.check_files == "none":
+            return
+        dataset = CrackDataset(samples, None, self.mask_threshold)
+        for index, sample in enumerate(samples):
+            if self.check_files == "full":
+                dataset.load(index)
+                continue
+            size = image_size(sample.image)
+            if sample.mask is not None:
+                mask_size = image_size(sample.mask)
+                if mask_size != size:
+                    raise DataError(
+                        f"mask {sample.mask} is {mask_size[1]}x{mask_size[0]} but image {sample.image} is "
+                        f"{size[1]}x{size[0]} (width x height)")
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage == "predict" and self.predict_path is not None:
+            samples = predict_samples(self.predict_path)
+            self.datasets["predict"] = self._dataset(samples, "predict")
+            return
+        splits = self.split_samples()
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in wanted.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test"):
+            self.check_samples(splits[split], split)
+            self.datasets[split] = self._dataset(splits[split], split)
+        if stage == "predict":
+            self.datasets["predict"] = self.datasets["test"]
+
+    def _dataset(self, samples: Sequence[Sample], split: str) -> CrackDataset:
+        transform = build_transform(split == "train", self.crop_size, self.image_size, self.rotate_limit,
+                                    self.flip, self.color_jitter)
+        return CrackDataset(samples, transform, self.mask_threshold)
+
+    # -- loaders ------------------------------------------------------------------------------
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", shuffle=False)
+
+
+def predict_samples(path: Path) -> list[Sample]:
+    """Samples (no masks) for a single image file or every image of a folder tree."""
+    if path.is_file():
+        if not is_image_file(path):
+            raise DataError(f"not an image file: {path}")
+        return [Sample(path)]
+    if not path.is_dir():
+        raise DataError(f"prediction input not found: {path} (set data.init_args.predict_path)")
+    images = list_images(path, recursive=True)
+    if not images:
+        raise DataError(f"no images found under {path}")
+    return [Sample(p) for p in images]
+
+
+def paired_samples(image_dir: Path, mask_dir: Path | None, mask_suffixes: Sequence[str] = (".png",),
+                   mask_stem_format: str = "{stem}", require_masks: bool = True,
+                   label: int = -1) -> list[Sample]:
+    """Pair the images of ``image_dir`` with masks of the same stem in ``mask_dir``.
+
+    Args:
+        image_dir: folder of images.
+        mask_dir: folder of masks, or None for unlabelled images.
+        mask_suffixes: suffixes a mask may have, tried in order.
+        mask_stem_format: mask stem from the image stem, e.g. ``"{stem}_mask"`` (MVTec).
+        require_masks: raise when an image has no mask (else it gets ``mask=None``).
+        label: label given to every sample.
+
+    Raises:
+        DataError: a folder is missing, or an image has no mask while masks are required, or a mask
+            has no image.
+    """
+    images = list_images(image_dir)
+    if mask_dir is None:
+        return [Sample(p, None, label) for p in images]
+    if not mask_dir.is_dir():
+        raise DataError(f"mask folder not found: {mask_dir}")
+    samples = []
+    used = set()
+    for image in images:
+        stem = mask_stem_format.format(stem=image.stem)
+        mask = next((mask_dir / f"{stem}{s}" for s in mask_suffixes if (mask_dir / f"{stem}{s}").is_file()),
+                    None)
+        if mask is None and require_masks:
+            raise DataError(f"image {image} has no mask {mask_dir / (stem + mask_suffixes[0])}")
+        if mask is not None:
+            used.add(mask.name)
+        samples.append(Sample(image, mask, label))
+    if require_masks:
+        orphans = sorted(p.name for p in mask_dir.iterdir() if p.suffix.lower() in mask_suffixes
+                         and p.name not in used and not p.name.startswith("."))
+        if orphans:
+            raise DataError(f"mask {mask_dir / orphans[0]} has no image in {image_dir}"
+                            + (f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""))
+    return samples

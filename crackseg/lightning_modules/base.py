@@ -1,0 +1,277 @@
+"""Base LightningModule: the one home of the train / validation / test / predict steps.
+
+A method subclasses :class:`CrackSegModule` and provides
+
+- :meth:`~CrackSegModule.configure_models`: build ``self.net`` (a plain ``nn.Module``);
+- :meth:`~CrackSegModule.compute_loss`: the training loss from the network outputs and the batch;
+- optionally :meth:`~CrackSegModule.anomaly_map`, :meth:`~CrackSegModule.image_score` and
+  :meth:`~CrackSegModule.extra_maps` (attention, Grad-CAM, side outputs for the map logger).
+
+Input normalisation and padding to the network's stride happen here, so they travel with the model
+(checkpoint, export). Thresholds are buffers (``pixel_threshold``, ``image_threshold``): saved in the
+checkpoint, set by the calibration callbacks, used by test and predict, overridden by ``threshold``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from lightning import LightningModule
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from crackseg.metrics import ImageMetrics, SegmentationMetrics
+
+NORMALIZATIONS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "symmetric": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # RGB scaled to [-1, 1]
+    "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+STAGES = ("val", "test")
+
+
+class CrackSegModule(LightningModule):
+    """Shared logic of every crackseg method.
+
+    Args:
+        threshold: pixel threshold on the probability / anomaly map; overrides the calibrated value
+            stored in a checkpoint (None keeps it; 0.5 before any calibration).
+        image_threshold: image-level threshold on the image score; overrides the stored value likewise.
+        normalization: input normalisation applied inside the model: ``"symmetric"`` (RGB to [-1, 1]),
+            ``"imagenet"`` (ImageNet mean / std, for pretrained backbones) or ``"unit"`` ([0, 1]).
+        optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"``.
+        lr: learning rate.
+        momentum: SGD momentum.
+        weight_decay: weight decay.
+        lr_schedule: ``"constant"``; ``"multistep"`` (× ``lr_gamma`` at the fractions ``lr_milestones``
+            of training); ``"epoch_step"`` (× ``lr_gamma`` after every epoch); ``"cosine"``; ``"poly"``
+            (power 0.9).
+        lr_milestones: fractions of the total training steps where ``"multistep"`` decays.
+        lr_gamma: decay factor.
+        aupro: compute AUPRO (FPR ≤ 0.3) at test time (stores all test pixels).
+    """
+
+    #: whether :meth:`anomaly_map` returns probabilities in [0, 1] (threshold-sweep metrics need it).
+    maps_are_probabilities: bool = True
+
+    def __init__(
+        self,
+        threshold: float | None = None,
+        image_threshold: float | None = None,
+        normalization: Literal["symmetric", "imagenet", "unit"] = "symmetric",
+        optimizer: Literal["sgd", "adam", "adamw"] = "sgd",
+        lr: float = 1e-4,
+        momentum: float = 0.9,
+        weight_decay: float = 2e-4,
+        lr_schedule: Literal["constant", "multistep", "epoch_step", "cosine", "poly"] = "constant",
+        lr_milestones: tuple[float, ...] = (0.7, 0.9),
+        lr_gamma: float = 0.1,
+        aupro: bool = False,
+    ) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"model.lr must be > 0, got {lr}")
+        if weight_decay < 0 or momentum < 0:
+            raise ValueError(f"model.weight_decay and model.momentum must be >= 0, got {weight_decay}, {momentum}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"model.normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
+        if any(not 0 < m < 1 for m in lr_milestones):
+            raise ValueError(f"model.lr_milestones must be fractions in (0, 1), got {lr_milestones}")
+        # The overrides are not hyper-parameters: LightningCLI re-applies a checkpoint's hyper-parameters
+        # over the command line, which would undo a threshold given there.
+        self.save_hyperparameters(ignore=["net", "threshold", "image_threshold"])
+        self.threshold_overrides = {"pixel_threshold": threshold, "image_threshold": image_threshold}
+        mean, std = NORMALIZATIONS[normalization]
+        self.register_buffer("input_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_threshold", torch.tensor(0.5 if threshold is None else float(threshold)))
+        self.register_buffer("image_threshold",
+                             torch.tensor(0.5 if image_threshold is None else float(image_threshold)))
+        self.configure_models()
+        self.configure_metrics()
+
+    # -- to implement -------------------------------------------------------------------------
+    def configure_models(self) -> None:
+        """Build the networks (``self.net``)."""
+        raise NotImplementedError
+
+    def compute_loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Loss terms; key ``"loss"`` is optimised, the others are logged."""
+        raise NotImplementedError
+
+    def anomaly_map(self, outputs: dict[str, Any]) -> Tensor:
+        """(B, 1, H, W) crack probability / anomaly map from the network outputs."""
+        return torch.sigmoid(outputs["logits"])
+
+    def image_score(self, maps: Tensor, outputs: dict[str, Any]) -> Tensor:
+        """(B,) image score (higher = more likely defective); default: the map's maximum."""
+        return maps.flatten(1).amax(1)
+
+    def extra_maps(self, outputs: dict[str, Any]) -> dict[str, Tensor]:
+        """Further (B, 1, h, w) maps to show beside the main one (attention, Grad-CAM, side outputs)."""
+        return {}
+
+    # -- model ---------------------------------------------------------------------------------
+    def configure_metrics(self) -> None:
+        """Metrics per evaluation stage (validation skips the memory-hungry AUPRO)."""
+        self.pixel_metrics = nn.ModuleDict({
+            "val": SegmentationMetrics(aupro=False),
+            "test": SegmentationMetrics(aupro=self.hparams.aupro),
+        })
+        self.image_metrics = nn.ModuleDict({stage: ImageMetrics() for stage in STAGES})
+        self._metrics_updated = {(kind, stage): False for kind in ("pixel", "image") for stage in STAGES}
+
+    @property
+    def stride(self) -> int:
+        """The multiple the network needs image sides to be (inputs are padded to it)."""
+        return int(getattr(getattr(self, "net", None), "stride", 1))
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """[0, 1] RGB → the network's input space."""
+        return (images - self.input_mean) / self.input_std
+
+    def forward(self, images: Tensor) -> dict[str, Any]:
+        """Network outputs for RGB images in [0, 1] of any size (reflect-padded to the stride, cropped back)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        height, width = images.shape[-2:]
+        stride = self.stride
+        pad_h, pad_w = (-height) % stride, (-width) % stride
+        x = self.normalize(images)
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        outputs = self.net(x)
+        if pad_h or pad_w:
+            outputs = _crop(outputs, x.shape[-2:], height, width)
+        return outputs
+
+    # -- steps ---------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        losses = self.compute_loss(self(batch["image"]), batch)
+        self._check_finite(losses["loss"], batch_idx)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=len(batch["image"]))
+        self.log("train_loss", losses["loss"], prog_bar=True, logger=False, batch_size=len(batch["image"]))
+        return losses["loss"]
+
+    def _check_finite(self, loss: Tensor, batch_idx: int) -> None:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, global step "
+                f"{self.global_step}, batch {batch_idx}; the last good checkpoint is kept")
+
+    def evaluate_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Maps, scores and thresholded predictions of a batch (no metric update)."""
+        outputs = self(batch["image"])
+        maps = self.anomaly_map(outputs)
+        scores = self.image_score(maps, outputs)
+        return {
+            "outputs": outputs,
+            "map": maps,
+            "score": scores,
+            "pred_mask": maps >= self.pixel_threshold,
+            "pred_label": scores >= self.image_threshold,
+            "extra_maps": self.extra_maps(outputs),
+        }
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> dict[str, Any]:
+        result = self.evaluate_batch(batch)
+        batch_size = len(batch["image"])
+        losses = self.compute_loss(result["outputs"], batch)
+        self.log(f"{stage}/loss", losses["loss"], batch_size=batch_size, sync_dist=True)
+        has_mask = batch["has_mask"]
+        if has_mask.any():
+            self.pixel_metrics[stage].update(result["map"][has_mask], batch["mask"][has_mask],
+                                             float(self.pixel_threshold))
+            self._metrics_updated["pixel", stage] = True
+        known = batch["label"] >= 0
+        if known.any():
+            self.image_metrics[stage].update(result["score"][known], batch["label"][known],
+                                             float(self.image_threshold))
+            self._metrics_updated["image", stage] = True
+        return result
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        result = self.evaluate_batch(batch)
+        result.pop("outputs")
+        return result
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        values: dict[str, Tensor] = {}
+        if self._metrics_updated["pixel", stage]:
+            values.update(self.pixel_metrics[stage].compute())
+        if self._metrics_updated["image", stage]:
+            image = self.image_metrics[stage].compute()
+            matrix = image.pop("confusion_matrix")
+            values.update(image)
+            values.update({"image_tn": matrix[0, 0], "image_fp": matrix[0, 1],
+                           "image_fn": matrix[1, 0], "image_tp": matrix[1, 1]})
+        values["pixel_threshold"] = self.pixel_threshold
+        values["image_threshold"] = self.image_threshold
+        self.log_dict({f"{stage}/{k}": v.float() for k, v in values.items()})
+        self.pixel_metrics[stage].reset()
+        self.image_metrics[stage].reset()
+        self._metrics_updated["pixel", stage] = self._metrics_updated["image", stage] = False
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    # -- checkpoint ----------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Apply ``threshold`` / ``image_threshold`` given on the command line over the stored ones."""
+        state = checkpoint.get("state_dict", {})
+        for name, override in self.threshold_overrides.items():
+            if override is not None:
+                state[name] = torch.tensor(float(override))
+
+    # -- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "adam":
+            optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            raise ValueError(f"model.optimizer must be 'sgd', 'adam' or 'adamw', got {hp.optimizer!r}")
+        if hp.lr_schedule == "constant":
+            return optimizer
+        if hp.lr_schedule == "epoch_step":
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=hp.lr_gamma)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        if hp.lr_schedule == "multistep":
+            milestones = sorted({max(1, int(f * total)) for f in hp.lr_milestones})
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=hp.lr_gamma)
+        elif hp.lr_schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        elif hp.lr_schedule == "poly":
+            scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=0.9)
+        else:
+            raise ValueError(f"unknown model.lr_schedule {hp.lr_schedule!r}")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _crop(value: Any, padded: torch.Size, height: int, width: int) -> Any:
+    """Crop every tensor of the padded spatial size back to (height, width), recursing into containers."""
+    if isinstance(value, Tensor):
+        if value.ndim >= 3 and tuple(value.shape[-2:]) == tuple(padded):
+            return value[..., :height, :width]
+        return value
+    if isinstance(value, dict):
+        return {k: _crop(v, padded, height, width) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_crop(v, padded, height, width) for v in value)
+    return value

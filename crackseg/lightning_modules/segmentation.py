@@ -1,0 +1,101 @@
+"""Supervised crack segmentation: one module for every network trained on pixel masks.
+
+:class:`SupervisedSegmentation` takes any network returning ``{"logits", "side_logits"?}``; the loss
+is ``fused_weight · L(fused) + Σ_i w_i · L(side_i)`` (deep supervision, DeepCrack / SCNet eq. 6).
+:class:`UNet` and :class:`DeepCrackLiu` are the two baselines with their papers' defaults, so
+configs name them by short ``class_path``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from crackseg.lightning_modules.base import CrackSegModule
+from crackseg.losses import combined_loss, parse_loss
+from crackseg.models import DeepCrackLiuModel, UNetModel
+
+
+class SupervisedSegmentation(CrackSegModule):
+    """Pixel-supervised segmentation of the crack class.
+
+    Args:
+        net: the network (class_path of any ``nn.Module`` returning ``{"logits": (B, 1, H, W)}``,
+            plus ``"side_logits"`` for deep supervision).
+        loss: loss terms joined by ``+``, from ``bce``, ``focal`` (α = 1, γ = 2), ``soft_iou``;
+            applied to the fused output.
+        side_loss: loss terms for the side outputs (default: the focal / bce part of ``loss``).
+        side_weights: weights w_i of the side-output losses; None = no deep supervision.
+        fused_weight: weight of the fused-output loss.
+        **kwargs: thresholds, normalisation and optimisation options of :class:`CrackSegModule`.
+    """
+
+    def __init__(self, net: nn.Module, loss: str = "bce", side_loss: str | None = None,
+                 side_weights: Sequence[float] | None = None, fused_weight: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.net = net
+        self.loss_terms = parse_loss(loss)
+        self.side_loss_terms = parse_loss(side_loss) if side_loss else tuple(
+            t for t in self.loss_terms if t != "soft_iou") or self.loss_terms
+        self.side_weights = tuple(side_weights) if side_weights is not None else None
+        self.fused_weight = fused_weight
+
+    def configure_models(self) -> None:
+        """The network is given to the constructor (``net``) and assigned after the base set-up."""
+
+    def compute_loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
+        target = batch["mask"]
+        fused = combined_loss(outputs["logits"], target, self.loss_terms)
+        losses = {"fused_loss": fused}
+        total = self.fused_weight * fused
+        sides = outputs.get("side_logits")
+        if self.side_weights is not None and sides is not None:
+            if len(sides) != len(self.side_weights):
+                raise ValueError(f"model.side_weights has {len(self.side_weights)} values but the network "
+                                 f"returns {len(sides)} side outputs")
+            side = sum(w * combined_loss(s, target, self.side_loss_terms)
+                       for w, s in zip(self.side_weights, sides, strict=True))
+            losses["side_loss"] = side
+            total = total + side
+        losses["loss"] = total
+        return losses
+
+    def extra_maps(self, outputs: dict[str, Any]) -> dict[str, Tensor]:
+        sides = outputs.get("side_logits") or []
+        return {f"side_{i + 1}": torch.sigmoid(s) for i, s in enumerate(sides)}
+
+
+class UNet(SupervisedSegmentation):
+    """U-Net baseline (Ronneberger et al. 2015), BCE loss, as trained in König et al.'s comparison.
+
+    Args:
+        base_channels: channels of the first level (64 in the paper).
+        depth: number of downsamplings (4 in the paper).
+        loss: loss terms (see :class:`SupervisedSegmentation`).
+        **kwargs: options of :class:`CrackSegModule`.
+    """
+
+    def __init__(self, base_channels: int = 64, depth: int = 4, loss: str = "bce", **kwargs: Any) -> None:
+        super().__init__(net=UNetModel(3, base_channels, depth), loss=loss, **kwargs)
+
+
+class DeepCrackLiu(SupervisedSegmentation):
+    """DeepCrack (Liu et al., Neurocomputing 2019) with the authors' training set-up.
+
+    Defaults follow the DeepSegmentor code: focal loss (α = 1, γ = 2) on the fused and the five side
+    outputs with side weights (0.5, 0.75, 1.0, 0.75, 0.5), SGD lr 1e-4, momentum 0.9, weight decay
+    2e-4, Xavier initialisation, RGB scaled to [-1, 1].
+
+    Args:
+        width_multiplier: scales all channel widths (1.0 = VGG-16's 64 … 512).
+        loss: loss terms of the fused output.
+        side_weights: side-output loss weights.
+        **kwargs: options of :class:`CrackSegModule`.
+    """
+
+    def __init__(self, width_multiplier: float = 1.0, loss: str = "focal",
+                 side_weights: Sequence[float] | None = (0.5, 0.75, 1.0, 0.75, 0.5), **kwargs: Any) -> None:
+        super().__init__(net=DeepCrackLiuModel(3, width_multiplier), loss=loss, side_weights=side_weights, **kwargs)

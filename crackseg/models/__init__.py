@@ -1,0 +1,11 @@
+"""Plain ``nn.Module`` networks; Lightning wrappers live in :mod:`crackseg.lightning_modules`.
+
+Every segmentation network maps a normalised image batch (B, C, H, W) to a dict with ``"logits"``
+(B, 1, H, W) and, for deeply supervised networks, ``"side_logits"`` (list of (B, 1, H, W)). Its
+``stride`` attribute says which multiple H and W must be (the Lightning module pads to it).
+"""
+
+from crackseg.models.deepcrack import DeepCrackLiuModel
+from crackseg.models.unet import UNetModel
+
+__all__ = ["DeepCrackLiuModel", "UNetModel"]

@@ -1,0 +1,166 @@
+"""End-to-end tests of the ``crackseg`` command through ``main([...])`` on tiny synthetic data."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import crackseg
+from crackseg.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+# Tiny synthetic data: 64 px images, a handful of each split.
+TINY_DATA = [
+    "--data", "SyntheticCracksDataModule",
+    "--data.init_args.n_train", "6", "--data.init_args.n_val", "4", "--data.init_args.n_test", "4",
+    "--data.init_args.generate_size", "[64, 64]", "--data.init_args.crop_size", "64",
+    "--data.init_args.batch_size", "2", "--data.init_args.eval_batch_size", "2",
+]
+TINY_TRAINER = [
+    "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
+    "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+]
+
+
+def tiny_model(name: str) -> list[str]:
+    if name == "UNet":
+        return ["--model", "UNet", "--model.init_args.base_channels", "4", "--model.init_args.depth", "2"]
+    return ["--model", name, "--model.init_args.width_multiplier", "0.0625"]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert crackseg.__version__ in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config", sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")
+                                          if p.parent.name not in ("trainer", "logger")))
+def test_every_config_parses(config: str, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each method config, composed with the trainer and logger fragments, resolves to known classes."""
+    args = ["fit", "--config", str(CONFIGS / "trainer/cpu.yaml"), "--config", str(CONFIGS / config),
+            "--config", str(CONFIGS / "logger/csv.yaml"), "--print_config"]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 0
+    printed = capsys.readouterr().out
+    assert "class_path: crackseg." in printed
+    assert "accelerator: cpu" in printed
+
+
+@pytest.mark.parametrize("model", ["UNet", "DeepCrackLiu"])
+def test_fast_dev_run(model: str, workdir: Path) -> None:
+    cli = main(["fit", "--data.init_args.root", str(workdir / "data"), *TINY_DATA, *tiny_model(model),
+                "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu"])
+    assert cli.trainer.state.finished
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+def test_fit_test_predict_with_calibrated_threshold(workdir: Path) -> None:
+    """fit → checkpoint with the F1-calibrated threshold → test and predict use it; CLI value overrides it."""
+    ckpt_dir = workdir / "ckpt"
+    common = ["--data.init_args.root", str(workdir / "data"), *TINY_DATA, *tiny_model("DeepCrackLiu")]
+    callbacks = ["--trainer.callbacks+=ModelCheckpoint", f"--trainer.callbacks.dirpath={ckpt_dir}",
+                 "--trainer.callbacks.filename=best", "--trainer.callbacks+=F1Threshold"]
+    cli = main(["fit", *common, *TINY_TRAINER, *callbacks])
+    calibrated = float(cli.model.pixel_threshold)
+    assert calibrated != 0.5
+    state = torch.load(ckpt_dir / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert float(state["pixel_threshold"]) == pytest.approx(calibrated)
+
+    writer = ["--trainer.callbacks+=PredictionWriter", f"--trainer.callbacks.output_dir={workdir / 'out'}",
+              "--trainer.callbacks.stages=[test, predict]"]
+    cli = main(["test", *common, *TINY_TRAINER, *writer, "--ckpt_path", str(ckpt_dir / "best.ckpt")])
+    metrics = cli.trainer.callback_metrics
+    assert float(metrics["test/pixel_threshold"]) == pytest.approx(calibrated)
+    for key in ("test/ods", "test/ois", "test/ap", "test/iou", "test/region_f1", "test/image_f1"):
+        assert 0.0 <= float(metrics[key]) <= 1.0
+    masks = sorted((workdir / "out/test/masks").glob("*.png"))
+    assert len(masks) == 4
+    assert set(np.unique(np.asarray(Image.open(masks[0])))) <= {0, 255}
+
+    # predict on a folder of new images, threshold overridden on the command line
+    images = workdir / "new_images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a b.png", "c.jpg"):  # a space in the name: outputs use sanitised names
+        Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(images / name)
+    cli = main(["predict", *common, *writer, "--trainer.accelerator", "cpu", "--trainer.logger", "false",
+                "--data.init_args.predict_path", str(images), "--model.init_args.threshold", "0.25",
+                "--ckpt_path", str(ckpt_dir / "best.ckpt")])
+    assert float(cli.model.pixel_threshold) == pytest.approx(0.25)
+    with open(workdir / "out/predict/scores.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["name"] for r in rows] == ["a_b", "c"]
+    assert all(float(r["pixel_threshold"]) == pytest.approx(0.25) for r in rows)
+    mask = np.asarray(Image.open(workdir / "out/predict/masks/a_b.png"))
+    assert mask.shape == (50, 70)  # written at the input's own size, not padded
+    assert (workdir / "out/predict/overlays/c.png").is_file()
+
+
+def test_map_logger_writes_panels_without_logger_backend(workdir: Path) -> None:
+    main(["fit", "--data.init_args.root", str(workdir / "data"), *TINY_DATA, *tiny_model("DeepCrackLiu"),
+          "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+          "--trainer.accelerator", "cpu", "--trainer.enable_checkpointing", "false",
+          "--trainer.logger+=CSVLogger", f"--trainer.logger.save_dir={workdir / 'logs'}",
+          "--trainer.callbacks+=MapLogger", "--trainer.callbacks.max_images=2"])
+    panels = sorted((workdir / "logs").rglob("maps/val_maps_*.png"))
+    assert len(panels) == 2
+    panel = np.asarray(Image.open(panels[0]))
+    # input | ground truth | map | mask | 5 side maps, 64 px each, separated by 4 px
+    assert panel.shape == (64, 9 * 64 + 8 * 4, 3)
+
+
+def test_wandb_logger_offline(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cli = main(["fit", "--config", str(CONFIGS / "logger/wandb.yaml"), "--data.init_args.root", str(workdir / "data"),
+                *TINY_DATA, *tiny_model("UNet"), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+                "--trainer.limit_val_batches", "1", "--trainer.accelerator", "cpu",
+                "--trainer.enable_checkpointing", "false", f"--trainer.logger.init_args.save_dir={workdir / 'wb'}",
+                "--trainer.callbacks+=MapLogger"])
+    assert cli.trainer.state.finished
+    assert list((workdir / "wb").rglob("offline-run-*")), "no offline W&B run was written"
+
+
+def test_unknown_config_key_is_named(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *TINY_DATA, *tiny_model("UNet"), "--model.init_args.learning_rate_typo", "0.1"])
+    assert exc.value.code != 0
+    assert "learning_rate_typo" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--model.init_args.lr", "-0.1", "model.lr"),
+    ("--data.init_args.batch_size", "0", "data.batch_size"),
+])
+def test_bad_values_are_named(option: str, value: str, message: str, workdir: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises((SystemExit, ValueError)) as exc:
+        main(["fit", "--data.init_args.root", str(workdir / "data"), *TINY_DATA, *tiny_model("UNet"), option, value,
+              "--trainer.fast_dev_run", "true"])
+    assert message in str(exc.value) + capsys.readouterr().err
+
+
+def test_missing_root_fails_before_training(workdir: Path) -> None:
+    from crackseg.data.io import DataError
+
+    with pytest.raises(DataError, match="nowhere"):
+        main(["fit", "--data", "DeepCrackDataModule", "--data.init_args.root", str(workdir / "nowhere"),
+              *tiny_model("UNet"), "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu"])
+    assert not (workdir / "lightning_logs").exists() or not list((workdir / "lightning_logs").rglob("*.ckpt"))
