@@ -519,3 +519,27 @@ def test_mean_std_threshold() -> None:
     assert mean_std_threshold(scores.reshape(2, 2), k=0.0) == pytest.approx(2.5)
     with pytest.raises(ValueError, match="at least 2"):
         mean_std_threshold(torch.tensor([1.0]))
+
+
+def test_binned_curves_match_exact_torchmetrics() -> None:
+    from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
+    from crackseg.metrics import BinnedCurves
+
+    gen = torch.Generator().manual_seed(0)
+    target = (torch.rand(4, 1, 40, 40, generator=gen) > 0.9).long()
+    probs = (0.35 * target + 0.65 * torch.rand(4, 1, 40, 40, generator=gen)).clamp(0, 1)
+    metric = BinnedCurves(bins=1000)
+    metric.update(probs[:2], target[:2])
+    metric.update(probs[2:], target[2:])
+    out = metric.compute()
+    assert float(out["auroc"]) == pytest.approx(float(binary_auroc(probs.flatten(), target.flatten())), abs=2e-3)
+    assert float(out["auprc"]) == pytest.approx(
+        float(binary_average_precision(probs.flatten(), target.flatten())), abs=5e-3)
+    perfect = BinnedCurves(bins=100)
+    perfect.update(target.float(), target)
+    assert float(perfect.compute()["auroc"]) == pytest.approx(1.0)
+    assert float(perfect.compute()["auprc"]) == pytest.approx(1.0)
+    empty = BinnedCurves(bins=10)
+    empty.update(torch.rand(10), torch.zeros(10))
+    assert torch.isnan(empty.compute()["auroc"]) and torch.isnan(empty.compute()["auprc"])

@@ -9,6 +9,7 @@ from crackseg.datamodules.kolektor import KolektorSDD2DataModule
 from crackseg.datamodules.magnetic_tile import MagneticTileDataModule
 from crackseg.datamodules.mvtec import MVTecADDataModule
 from crackseg.datamodules.ozgenel import OzgenelDataModule
+from crackseg.datamodules.synthetic import SyntheticCracksDataModule
 
 __all__ = [
     "CrackDataModule",
@@ -20,12 +21,5 @@ __all__ = [
     "MVTecADDataModule",
     "MagneticTileDataModule",
     "OzgenelDataModule",
+    "SyntheticCracksDataModule",
 ]
-
-# TODO: import SyntheticCracksDataModule unconditionally once crackseg/datamodules/synthetic.py is merged.
-try:
-    from crackseg.datamodules.synthetic import SyntheticCracksDataModule  # noqa: F401
-except ImportError:  # pragma: no cover - the module is written separately
-    pass
-else:
-    __all__.append("SyntheticCracksDataModule")

@@ -35,7 +35,7 @@ from torchmetrics.classification import (
 )
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["AUPRO", "RegionF1", "SegmentationMetrics", "ThresholdSweepF1"]
+__all__ = ["AUPRO", "BinnedCurves", "RegionF1", "SegmentationMetrics", "ThresholdSweepF1"]
 
 # Messages torchmetrics emits when the target has a single class; we return nan instead (see compute()).
 _ONE_CLASS_WARNINGS = (
@@ -442,6 +442,59 @@ class AUPRO(Metric):
         return (torch.trapezoid(ys, xs) / self.fpr_limit).float()
 
 
+class BinnedCurves(Metric):
+    """Binned pixel AUROC and AUPRC for probabilities in [0, 1], in O(pixels + bins) memory and time.
+
+    Hand-written because torchmetrics' binned curves compare every pixel with every threshold
+    (O(pixels x thresholds)): seconds per batch of full-size maps on a CPU. Here each pixel goes to one of
+    ``bins`` uniform bins and two histograms (crack, background) are summed; a pixel is positive at threshold
+    ``t_k = k / bins`` when its probability is >= t_k. AUROC is the trapezoidal area of the ROC points, AUPRC
+    the step-wise ``sum_k (R_k - R_{k+1}) P_k`` (the definition of torchmetrics / scikit-learn). nan when the
+    curve is undefined (AUROC without both classes, AUPRC without positives).
+
+    Args:
+        bins: number of uniform bins (thresholds).
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, bins: int = 1000, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if bins < 2:
+            raise ValueError(f"bins must be >= 2, got {bins}")
+        self.bins = bins
+        self.add_state("pos", default=torch.zeros(bins, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("neg", default=torch.zeros(bins, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Add pixels: ``preds`` probabilities, ``target`` {0, 1}, any matching shapes."""
+        index = (preds.detach().flatten().float() * self.bins).long().clamp_(0, self.bins - 1)
+        positive = target.flatten() > 0
+        self.pos += torch.bincount(index[positive], minlength=self.bins).to(self.pos.dtype)
+        self.neg += torch.bincount(index[~positive], minlength=self.bins).to(self.neg.dtype)
+
+    def compute(self) -> dict[str, Tensor]:
+        """``{"auroc", "auprc"}``."""
+        zero = self.pos.new_zeros(1)
+        tp = torch.cat([self.pos.flip(0).cumsum(0).flip(0), zero])  # TP at t_0 .. t_bins (none positive)
+        fp = torch.cat([self.neg.flip(0).cumsum(0).flip(0), zero])
+        n_pos, n_neg = tp[0], fp[0]
+        nan = torch.tensor(float("nan"), dtype=torch.float32, device=tp.device)
+        auroc = nan
+        if n_pos > 0 and n_neg > 0:
+            tpr, fpr = (tp / n_pos).flip(0), (fp / n_neg).flip(0)
+            auroc = torch.trapezoid(tpr, fpr).float()
+        auprc = nan.clone()
+        if n_pos > 0:
+            recall = tp / n_pos
+            predicted = tp + fp
+            precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), torch.ones_like(tp))
+            auprc = ((recall[:-1] - recall[1:]) * precision[:-1]).sum().float()
+        return {"auroc": auroc, "auprc": auprc}
+
+
 class SegmentationMetrics(nn.Module):
     """Pixel-map metrics reported at the end of a test epoch.
 
@@ -449,9 +502,10 @@ class SegmentationMetrics(nn.Module):
 
     * :class:`ThresholdSweepF1` -> ``"ods"``, ``"ois"``, ``"ap"``, ``"ods_threshold"`` (sweep uses
       ``probs > t``);
-    * torchmetrics ``BinaryAUROC`` / ``BinaryAveragePrecision`` -> ``"auroc"``, ``"auprc"`` (binned with
-      ``binned_auc_thresholds`` uniform thresholds for bounded memory, exact with ``None``; nan when the
-      target has a single class -- for ``"auprc"`` only when it has no positive pixel);
+    * ``"auroc"``, ``"auprc"``: :class:`BinnedCurves` with ``binned_auc_thresholds`` uniform bins (bounded
+      memory, linear time), or torchmetrics' exact ``BinaryAUROC`` / ``BinaryAveragePrecision`` with ``None``
+      (stores every pixel); nan when the target has a single class -- for ``"auprc"`` only when it has no
+      positive pixel;
     * :class:`AUPRO` (optional, exact, stores every pixel) -> ``"aupro"``;
     * at the given threshold, with a pixel positive when ``probs >= threshold`` (the convention of
       :func:`crackseg.metrics.thresholds.f1_optimal_threshold`): torchmetrics ``BinaryPrecision``,
@@ -478,7 +532,7 @@ class SegmentationMetrics(nn.Module):
         region_f1: bool = True,
         aupro: bool = False,
         auc: bool = True,
-        binned_auc_thresholds: int | None = 200,
+        binned_auc_thresholds: int | None = 1000,
     ) -> None:
         super().__init__()
         self.sweep: ThresholdSweepF1 | None = ThresholdSweepF1() if threshold_sweep else None
@@ -496,7 +550,10 @@ class SegmentationMetrics(nn.Module):
         self.auc: MetricCollection | None = None
         self.num_pos: SumMetric | None = None
         self.num_neg: SumMetric | None = None
-        if auc:
+        self.binned: BinnedCurves | None = None
+        if auc and binned_auc_thresholds is not None:
+            self.binned = BinnedCurves(binned_auc_thresholds)
+        elif auc:
             self.auc = MetricCollection(
                 {
                     "auroc": BinaryAUROC(thresholds=binned_auc_thresholds, validate_args=False),
@@ -527,7 +584,7 @@ class SegmentationMetrics(nn.Module):
         if probs.numel() == 0:
             return
         probs = probs.detach()
-        if self.sweep is not None or self.auc is not None:
+        if self.sweep is not None or self.auc is not None or self.binned is not None:
             lo, hi = torch.aminmax(probs)
             if bool(lo < 0) or bool(hi > 1):
                 raise ValueError(
@@ -542,6 +599,8 @@ class SegmentationMetrics(nn.Module):
             self.region.update(pred_bin, target)
         if self.sweep is not None:
             self.sweep.update(probs, target)
+        if self.binned is not None:
+            self.binned.update(probs, target)
         if self.auc is not None:
             assert self.num_pos is not None and self.num_neg is not None
             self.auc.update(probs, target_long)
@@ -567,6 +626,8 @@ class SegmentationMetrics(nn.Module):
             nan = torch.tensor(float("nan"), device=auc["auroc"].device)
             out["auroc"] = auc["auroc"].float() if n_pos > 0 and n_neg > 0 else nan
             out["auprc"] = auc["auprc"].float() if n_pos > 0 else nan.clone()
+        if self.binned is not None:
+            out.update(self.binned.compute())
         if self.aupro is not None:
             out["aupro"] = self.aupro.compute()
         pixel = self.pixel.compute()
@@ -582,7 +643,8 @@ class SegmentationMetrics(nn.Module):
 
     def reset(self) -> None:
         """Reset every metric and forget the threshold."""
-        for metric in (self.sweep, self.region, self.aupro, self.pixel, self.auc, self.num_pos, self.num_neg):
+        for metric in (self.sweep, self.region, self.aupro, self.pixel, self.auc, self.num_pos, self.num_neg,
+                       self.binned):
             if metric is not None:
                 metric.reset()
         self._threshold = None
