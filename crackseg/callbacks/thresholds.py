@@ -59,7 +59,28 @@ class _ScoreCollector(Callback):
 
     def collect(self, device: torch.device, outputs: dict[str, Any], batch: dict[str, Any],
                 generator: torch.Generator) -> None:
+        """Add the scores of one validation batch."""
         raise NotImplementedError
+
+    def calibrate(self, level: str) -> tuple[float, dict[str, float]] | str:
+        """The ``level`` ("image" / "pixel") threshold and values to log, or why it cannot be computed."""
+        raise NotImplementedError
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        for level, buffer in (("image", "image_threshold"), ("pixel", "pixel_threshold")):
+            if self.level not in (level, "both"):
+                continue
+            result = self.calibrate(level)
+            if isinstance(result, str):
+                warnings.warn(f"{type(self).__name__}: {result}; the {level} threshold is left at "
+                              f"{float(getattr(pl_module, buffer)):.4g}", stacklevel=1)
+                continue
+            threshold, logs = result
+            getattr(pl_module, buffer).fill_(threshold)
+            for name, value in logs.items():
+                pl_module.log(name, value)
 
     def _add(self, name: str, values: Tensor, device: torch.device) -> None:
         if values.numel():
@@ -110,18 +131,11 @@ class MeanStdThreshold(_ScoreCollector):
                 flat = single.flatten()
                 self._add("pixel", flat[self._subsample(flat, generator).to(flat.device)], device)
 
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        for level, buffer in (("image", "image_threshold"), ("pixel", "pixel_threshold")):
-            if self.level not in (level, "both"):
-                continue
-            scores = self._gathered(level)
-            if scores is None or scores.numel() < 2:
-                warnings.warn(f"MeanStdThreshold: fewer than 2 normal validation {level} scores; the "
-                              f"{level} threshold is left at {float(getattr(pl_module, buffer)):.4g}", stacklevel=1)
-                continue
-            getattr(pl_module, buffer).fill_(mean_std_threshold(scores, self.k))
+    def calibrate(self, level: str) -> tuple[float, dict[str, float]] | str:
+        scores = self._gathered(level)
+        if scores is None or scores.numel() < 2:
+            return f"fewer than 2 normal validation {level} scores"
+        return mean_std_threshold(scores, self.k), {}
 
 
 class F1Threshold(_ScoreCollector):
@@ -155,17 +169,9 @@ class F1Threshold(_ScoreCollector):
                 self._add("pixel_score", flat[keep], device)
                 self._add("pixel_target", target[keep], device)
 
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        for level, buffer in (("image", "image_threshold"), ("pixel", "pixel_threshold")):
-            if self.level not in (level, "both"):
-                continue
-            scores, targets = self._gathered(f"{level}_score"), self._gathered(f"{level}_target")
-            if scores is None or targets is None or not (targets > 0).any():
-                warnings.warn(f"F1Threshold: no positive validation {level}s; the {level} threshold is left at "
-                              f"{float(getattr(pl_module, buffer)):.4g}", stacklevel=1)
-                continue
-            threshold, best_f1 = f1_optimal_threshold(scores, targets.long())
-            getattr(pl_module, buffer).fill_(threshold)
-            pl_module.log(f"val/{level}_best_f1", float(best_f1), sync_dist=False)
+    def calibrate(self, level: str) -> tuple[float, dict[str, float]] | str:
+        scores, targets = self._gathered(f"{level}_score"), self._gathered(f"{level}_target")
+        if scores is None or targets is None or not (targets > 0).any():
+            return f"no positive validation {level}s"
+        threshold, best_f1 = f1_optimal_threshold(scores, targets.long())
+        return threshold, {f"val/{level}_best_f1": float(best_f1)}

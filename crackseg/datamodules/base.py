@@ -8,7 +8,7 @@ prediction folder) lives here once.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -120,11 +120,7 @@ class CrackDataModule(LightningDataModule):
         train = self.find_samples("train") or []
         val = self.find_samples("val")
         if val is None:
-            order = np.random.default_rng(self.seed).permutation(len(train))
-            n_val = int(round(self.val_fraction * len(train)))
-            held = set(order[:n_val].tolist())
-            val = [s for i, s in enumerate(train) if i in held]
-            train = [s for i, s in enumerate(train) if i not in held]
+            train, val = hold_out(train, self.val_fraction, self.seed) if self.val_fraction > 0 else (train, [])
         if self.train_on_normal_only:
             train = [s for s in train if self._label(s) == 0]
         test = self.find_samples("test") or []
@@ -200,6 +196,40 @@ class CrackDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", shuffle=False)
+
+
+def hold_out(samples: Sequence[Sample], fraction: float, seed: int,
+             groups: Sequence[Hashable] | None = None) -> tuple[list[Sample], list[Sample]]:
+    """Split ``samples`` into (kept, held out), holding out a seeded ``fraction``.
+
+    The same samples (in the same order) and seed always hold out the same images; both parts keep
+    the order of ``samples``.
+
+    Args:
+        samples: the samples.
+        fraction: fraction held out (rounded; a group of two or more samples keeps at least one and
+            holds out at least one).
+        seed: seed of the random choice.
+        groups: a key per sample (label, class name) to hold out ``fraction`` of each group
+            separately (stratified); None treats all samples as one group.
+    """
+    if groups is None:
+        groups = [0] * len(samples)
+    if len(groups) != len(samples):
+        raise ValueError(f"hold_out got {len(groups)} group keys for {len(samples)} samples")
+    rng = np.random.default_rng(seed)
+    members: dict[Hashable, list[int]] = {}
+    for index, key in enumerate(groups):
+        members.setdefault(key, []).append(index)
+    held: set[int] = set()
+    for indices in members.values():
+        n_held = int(round(fraction * len(indices)))
+        if len(indices) >= 2:
+            n_held = min(max(n_held, 1), len(indices) - 1)
+        order = rng.permutation(len(indices))
+        held.update(indices[i] for i in order[:n_held].tolist())
+    kept = [s for i, s in enumerate(samples) if i not in held]
+    return kept, [s for i, s in enumerate(samples) if i in held]
 
 
 def predict_samples(path: Path) -> list[Sample]:

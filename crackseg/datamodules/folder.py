@@ -8,15 +8,13 @@ magnetic tile) or that have no official test split (CrackForest, Özgenel, magne
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from crackseg.data.dataset import Sample
 from crackseg.data.io import IMAGE_EXTENSIONS, DataError, list_images
-from crackseg.datamodules.base import CrackDataModule, Split
+from crackseg.datamodules.base import CrackDataModule, Split, hold_out
 
 
 def check_fraction(name: str, value: float) -> None:
@@ -98,40 +96,6 @@ def attach_masks(images: Iterable[tuple[Path, int, bool]], mask_dir: Path | None
         raise DataError(f"mask {masks[orphans[0]]} has no image {orphans[0]}.* in {', '.join(folders)}"
                         + (f" (and {len(orphans) - 1} more masks without image)" if len(orphans) > 1 else ""))
     return samples
-
-
-def hold_out(samples: Sequence[Sample], fraction: float, seed: int,
-             groups: Sequence[Hashable] | None = None) -> tuple[list[Sample], list[Sample]]:
-    """Split ``samples`` into (kept, held out), holding out a seeded ``fraction``.
-
-    The same samples (in the same order) and seed always hold out the same images; both parts keep
-    the order of ``samples``.
-
-    Args:
-        samples: the samples.
-        fraction: fraction held out (rounded; a group of two or more samples keeps at least one and
-            holds out at least one).
-        seed: seed of the random choice.
-        groups: a key per sample (label, class name) to hold out ``fraction`` of each group
-            separately (stratified); None treats all samples as one group.
-    """
-    if groups is None:
-        groups = [0] * len(samples)
-    if len(groups) != len(samples):
-        raise ValueError(f"hold_out got {len(groups)} group keys for {len(samples)} samples")
-    rng = np.random.default_rng(seed)
-    members: dict[Hashable, list[int]] = {}
-    for index, key in enumerate(groups):
-        members.setdefault(key, []).append(index)
-    held: set[int] = set()
-    for indices in members.values():
-        n_held = int(round(fraction * len(indices)))
-        if len(indices) >= 2:
-            n_held = min(max(n_held, 1), len(indices) - 1)
-        order = rng.permutation(len(indices))
-        held.update(indices[i] for i in order[:n_held].tolist())
-    kept = [s for i, s in enumerate(samples) if i not in held]
-    return kept, [s for i, s in enumerate(samples) if i in held]
 
 
 class FolderDataModule(CrackDataModule):

@@ -7,8 +7,8 @@ from typing import Any
 
 from crackseg.data.dataset import Sample
 from crackseg.data.io import DataError
-from crackseg.datamodules.base import CrackDataModule, Split
-from crackseg.datamodules.folder import attach_masks, check_fraction, folder_images, hold_out
+from crackseg.datamodules.base import CrackDataModule, Split, hold_out
+from crackseg.datamodules.folder import attach_masks, check_fraction, folder_images
 
 
 class MagneticTileDataModule(CrackDataModule):
