@@ -339,8 +339,9 @@ def test_corrupt_image(tmp_path: Path) -> None:
                           check_files="full")
     with pytest.raises(DataError, match=r"cannot read image .*img_1.png"):
         dm.setup("test")
-    # the header is intact: a header check passes, and loading the image names it
-    dm = FolderDataModule(root, image_dir="images", mask_dir="masks", test_image_dir="images")
+    # the header is intact: a header-only check passes, and loading the image names it
+    dm = FolderDataModule(root, image_dir="images", mask_dir="masks", test_image_dir="images",
+                          check_files="header")
     dm.setup("test")
     with pytest.raises(DataError, match=r"cannot read image .*img_1.png"):
         list(dm.test_dataloader())
