@@ -33,7 +33,26 @@ def bce_loss(logits: Tensor, target: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-LOSSES = {"bce": bce_loss, "focal": focal_loss, "soft_iou": soft_iou_loss}
+def lovasz_hinge_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Binary Lovász hinge (Berman et al., CVPR 2018) per image, averaged over the batch.
+
+    The hinge errors ``1 − logit·(2g − 1)`` sorted in decreasing order are weighted by the gradient of
+    the Lovász extension of the Jaccard loss, ``J(i) − J(i − 1)`` with ``J(i)`` the IoU loss of the
+    first i sorted pixels marked positive: a convex, tight surrogate of 1 − IoU.
+    """
+    losses = []
+    for scores, labels in zip(logits.flatten(1), target.flatten(1).to(logits.dtype), strict=True):
+        errors = 1.0 - scores * (2.0 * labels - 1.0)
+        errors_sorted, order = torch.sort(errors, descending=True)
+        gt_sorted = labels[order]
+        positives = gt_sorted.sum()
+        jaccard = 1.0 - (positives - gt_sorted.cumsum(0)) / (positives + (1.0 - gt_sorted).cumsum(0))
+        weights = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+        losses.append(torch.dot(F.relu(errors_sorted), weights))
+    return torch.stack(losses).mean()
+
+
+LOSSES = {"bce": bce_loss, "focal": focal_loss, "soft_iou": soft_iou_loss, "lovasz": lovasz_hinge_loss}
 
 
 def combined_loss(logits: Tensor, target: Tensor, terms: Sequence[str]) -> Tensor:

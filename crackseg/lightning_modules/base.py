@@ -108,9 +108,23 @@ class CrackSegModule(LightningModule):
         """(B,) image score (higher = more likely defective); default: the map's maximum."""
         return maps.flatten(1).amax(1)
 
-    def extra_maps(self, outputs: dict[str, Any]) -> dict[str, Tensor]:
-        """Further (B, 1, h, w) maps to show beside the main one (attention, Grad-CAM, side outputs)."""
+    def extra_maps(self, outputs: dict[str, Any], batch: dict[str, Any], batch_idx: int | None) -> dict[str, Tensor]:
+        """Further (B, 1, h, w) maps to show beside the main one (attention, Grad-CAM, side outputs).
+
+        ``batch_idx`` is 0 for the batch the map logger draws (None outside a Lightning loop), so costly
+        maps (Grad-CAM) can be computed for that batch only.
+        """
         return {}
+
+    def to_input_size(self, maps: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+        """A (B, C, h, w) map over the padded input (any scale) → (B, C, H, W) over the unpadded input."""
+        height, width = int(size[0]), int(size[1])
+        if tuple(maps.shape[-2:]) == (height, width):
+            return maps
+        stride = self.stride
+        padded = (height + (-height) % stride, width + (-width) % stride)
+        maps = F.interpolate(maps.float(), size=padded, mode="bilinear", align_corners=False)
+        return maps[..., :height, :width]
 
     # -- model ---------------------------------------------------------------------------------
     def configure_metrics(self) -> None:
@@ -161,7 +175,7 @@ class CrackSegModule(LightningModule):
                 f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, global step "
                 f"{self.global_step}, batch {batch_idx}; the last good checkpoint is kept")
 
-    def evaluate_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def evaluate_batch(self, batch: dict[str, Any], batch_idx: int | None = None) -> dict[str, Any]:
         """Maps, scores and thresholded predictions of a batch (no metric update)."""
         outputs = self(batch["image"])
         maps = self.anomaly_map(outputs)
@@ -172,11 +186,11 @@ class CrackSegModule(LightningModule):
             "score": scores,
             "pred_mask": maps >= self.pixel_threshold,
             "pred_label": scores >= self.image_threshold,
-            "extra_maps": self.extra_maps(outputs),
+            "extra_maps": self.extra_maps(outputs, batch, batch_idx),
         }
 
-    def _eval_step(self, batch: dict[str, Any], stage: str) -> dict[str, Any]:
-        result = self.evaluate_batch(batch)
+    def _eval_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> dict[str, Any]:
+        result = self.evaluate_batch(batch, batch_idx)
         batch_size = len(batch["image"])
         losses = self.compute_loss(result["outputs"], batch)
         self.log(f"{stage}/loss", losses["loss"], batch_size=batch_size, sync_dist=True)
@@ -193,13 +207,13 @@ class CrackSegModule(LightningModule):
         return result
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return self._eval_step(batch, "val")
+        return self._eval_step(batch, batch_idx, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return self._eval_step(batch, "test")
+        return self._eval_step(batch, batch_idx, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        result = self.evaluate_batch(batch)
+        result = self.evaluate_batch(batch, batch_idx)
         result.pop("outputs")
         return result
 

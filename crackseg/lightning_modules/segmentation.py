@@ -25,8 +25,8 @@ class SupervisedSegmentation(CrackSegModule):
     Args:
         net: the network (class_path of any ``nn.Module`` returning ``{"logits": (B, 1, H, W)}``,
             plus ``"side_logits"`` for deep supervision).
-        loss: loss terms joined by ``+``, from ``bce``, ``focal`` (α = 1, γ = 2), ``soft_iou``;
-            applied to the fused output.
+        loss: loss terms joined by ``+``, from ``bce``, ``focal`` (α = 1, γ = 2), ``soft_iou``,
+            ``lovasz`` (Lovász hinge); applied to the fused output.
         side_loss: loss terms for the side outputs (default: the focal / bce part of ``loss``).
         side_weights: weights w_i of the side-output losses; None = no deep supervision.
         fused_weight: weight of the fused-output loss.
@@ -47,6 +47,19 @@ class SupervisedSegmentation(CrackSegModule):
         """The network is given to the constructor (``net``) and assigned after the base set-up."""
 
     def compute_loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Deep-supervision loss on the images whose pixels are known: a mask, or a crack-free image.
+
+        Defective images without a mask (e.g. Özgenel positives without annotation) are left out of the
+        pixel loss instead of being taught as all-background.
+        """
+        known = batch["has_mask"] | (batch["label"] == 0)
+        if not bool(known.all()):
+            if not bool(known.any()):
+                zero = outputs["logits"].sum() * 0.0
+                return {"fused_loss": zero, "loss": zero}
+            outputs = {"logits": outputs["logits"][known],
+                       "side_logits": [s[known] for s in outputs.get("side_logits") or []] or None}
+            batch = {"mask": batch["mask"][known]}
         target = batch["mask"]
         fused = combined_loss(outputs["logits"], target, self.loss_terms)
         losses = {"fused_loss": fused}
@@ -63,7 +76,7 @@ class SupervisedSegmentation(CrackSegModule):
         losses["loss"] = total
         return losses
 
-    def extra_maps(self, outputs: dict[str, Any]) -> dict[str, Tensor]:
+    def extra_maps(self, outputs: dict[str, Any], batch: dict[str, Any], batch_idx: int | None) -> dict[str, Tensor]:
         sides = outputs.get("side_logits") or []
         return {f"side_{i + 1}": torch.sigmoid(s) for i, s in enumerate(sides)}
 

@@ -6,6 +6,7 @@ Every segmentation network maps a normalised image batch (B, C, H, W) to a dict 
 """
 
 from crackseg.models.deepcrack import DeepCrackLiuModel
+from crackseg.models.scnet import SCNetModel
 from crackseg.models.unet import UNetModel
 
-__all__ = ["DeepCrackLiuModel", "UNetModel"]
+__all__ = ["DeepCrackLiuModel", "SCNetModel", "UNetModel"]
