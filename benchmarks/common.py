@@ -1,0 +1,102 @@
+"""Shared pieces of the benchmark scripts: one training + test run through the CLI, RESULTS.md sections."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from crackseg.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@dataclass
+class RunResult:
+    """Figures of one fit + test run."""
+
+    metrics: dict[str, float]
+    epochs: int
+    steps: int
+    batch_size: int
+    n_train: int
+    n_test: int
+    train_seconds: float
+    test_seconds: float
+    out_dir: Path
+
+    @property
+    def train_images_per_second(self) -> float:
+        return self.n_train * max(self.epochs, 1) / self.train_seconds
+
+    @property
+    def test_ms_per_image(self) -> float:
+        return 1000 * self.test_seconds / self.n_test
+
+
+def machine() -> str:
+    """One line describing where the run happened."""
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+            f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, "
+            f"torch {torch.__version__}")
+
+
+def commit() -> str:
+    """Short hash of the checked-out commit."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def fit_and_test(config: Path, workdir: Path, overrides: list[str], max_time_minutes: float | None = None,
+                 max_epochs: int | None = None) -> RunResult:
+    """``crackseg fit`` then ``crackseg test`` (best checkpoint) with the config's outputs moved to ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir, out_dir = workdir / "checkpoints", workdir / "predictions"
+    cfg = yaml.safe_load(config.read_text())
+    for callback in cfg["trainer"]["callbacks"]:
+        if callback["class_path"] == "ModelCheckpoint":
+            callback["init_args"]["dirpath"] = str(ckpt_dir)
+        if callback["class_path"] == "PredictionWriter":
+            callback["init_args"]["output_dir"] = str(out_dir)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    common = ["--config", str(REPO / "configs/trainer/cpu.yaml"), "--config", str(workdir / "config.yaml"),
+              *overrides, f"--trainer.default_root_dir={workdir}", "--trainer.logger=CSVLogger",
+              f"--trainer.logger.save_dir={workdir}", "--trainer.enable_progress_bar=false"]
+    limits = [f"--trainer.max_epochs={max_epochs or 100000}"]
+    if max_time_minutes is not None:
+        minutes = int(round(max_time_minutes))
+        limits.append(f"--trainer.max_time=00:{minutes // 60:02d}:{minutes % 60:02d}:00")
+    torch.set_num_threads(os.cpu_count() or 1)
+    start = time.perf_counter()
+    cli = main(["fit", *common, *limits])
+    train_seconds = time.perf_counter() - start
+    epochs, steps = cli.trainer.current_epoch, cli.trainer.global_step
+    n_train, batch_size = len(cli.datamodule.datasets["train"]), cli.datamodule.batch_size
+    start = time.perf_counter()
+    cli = main(["test", *common, "--ckpt_path", str(ckpt_dir / "best.ckpt")])
+    test_seconds = time.perf_counter() - start
+    return RunResult({k: float(v) for k, v in cli.trainer.callback_metrics.items()}, epochs, steps, batch_size,
+                     n_train, len(cli.datamodule.datasets["test"]), train_seconds, test_seconds, out_dir)
+
+
+def write_section(name: str, text: str) -> None:
+    """Replace (or append) the section ``name`` of RESULTS.md between its markers."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    header = "# Benchmark results\n\nWritten by the scripts in `benchmarks/`; no figure is typed by hand.\n"
+    old = RESULTS.read_text() if RESULTS.exists() else header
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    new = pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(new)
