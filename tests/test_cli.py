@@ -164,3 +164,23 @@ def test_missing_root_fails_before_training(workdir: Path) -> None:
         main(["fit", "--data", "DeepCrackDataModule", "--data.init_args.root", str(workdir / "nowhere"),
               *tiny_model("UNet"), "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu"])
     assert not (workdir / "lightning_logs").exists() or not list((workdir / "lightning_logs").rglob("*.ckpt"))
+
+
+def test_anomaly_maps_get_unbounded_metrics() -> None:
+    """A module declaring unbounded anomaly maps is scored without the [0, 1] sweep, with AUPRO at test."""
+    from crackseg.lightning_modules import UNet
+
+    class ScoreUNet(UNet):
+        maps_are_probabilities = False
+
+        def anomaly_map(self, outputs):  # an unbounded, monotone score
+            return torch.exp(outputs["logits"]) * 10.0
+
+    model = ScoreUNet(base_channels=4, depth=2, threshold=12.0)
+    batch = {"image": torch.rand(2, 3, 32, 32), "mask": torch.zeros(2, 1, 32, 32),
+             "has_mask": torch.ones(2, dtype=torch.bool), "label": torch.tensor([0, 1])}
+    batch["mask"][1, 0, 10:14, :] = 1
+    with torch.no_grad():
+        model._eval_step(batch, 0, "test")
+    values = model.pixel_metrics["test"].compute()
+    assert "ods" not in values and {"auroc", "auprc", "aupro", "f1"} <= set(values)

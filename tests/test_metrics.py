@@ -543,3 +543,26 @@ def test_binned_curves_match_exact_torchmetrics() -> None:
     empty = BinnedCurves(bins=10)
     empty.update(torch.rand(10), torch.zeros(10))
     assert torch.isnan(empty.compute()["auroc"]) and torch.isnan(empty.compute()["auprc"])
+
+
+def test_rank_curves_exact_and_scale_free() -> None:
+    from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
+    from crackseg.metrics import RankCurves, SegmentationMetrics
+
+    gen = torch.Generator().manual_seed(1)
+    target = (torch.rand(3, 1, 16, 16, generator=gen) > 0.85).long()
+    probs = (0.3 * target + 0.7 * torch.rand(3, 1, 16, 16, generator=gen)).clamp(0, 1)
+    metric = RankCurves()
+    metric.update(probs, target)
+    out = metric.compute()
+    assert float(out["auroc"]) == pytest.approx(float(binary_auroc(probs.flatten(), target.flatten())), abs=1e-6)
+    assert float(out["auprc"]) == pytest.approx(
+        float(binary_average_precision(probs.flatten(), target.flatten())), abs=1e-6)
+    # an unbounded monotone transform (anomaly scores) gives the same curves, without a range error
+    seg = SegmentationMetrics(unbounded=True, aupro=True)
+    seg.update(torch.exp(8 * probs) + 100.0, target, threshold=float(torch.exp(torch.tensor(4.0)) + 100))
+    values = seg.compute()
+    assert "ods" not in values
+    assert float(values["auroc"]) == pytest.approx(float(out["auroc"]), abs=1e-6)
+    assert float(values["auprc"]) == pytest.approx(float(out["auprc"]), abs=1e-6)

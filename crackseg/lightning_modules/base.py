@@ -128,10 +128,15 @@ class CrackSegModule(LightningModule):
 
     # -- model ---------------------------------------------------------------------------------
     def configure_metrics(self) -> None:
-        """Metrics per evaluation stage (validation skips the memory-hungry AUPRO)."""
+        """Metrics per evaluation stage (validation skips the memory-hungry AUPRO).
+
+        Methods whose maps are anomaly scores (``maps_are_probabilities = False``) get exact rank-based
+        pixel AUROC / AUPRC and AUPRO at test time instead of the [0, 1] threshold sweep.
+        """
+        unbounded = not self.maps_are_probabilities
         self.pixel_metrics = nn.ModuleDict({
-            "val": SegmentationMetrics(aupro=False),
-            "test": SegmentationMetrics(aupro=self.hparams.aupro),
+            "val": SegmentationMetrics(aupro=False, unbounded=unbounded),
+            "test": SegmentationMetrics(aupro=self.hparams.aupro or unbounded, unbounded=unbounded),
         })
         self.image_metrics = nn.ModuleDict({stage: ImageMetrics() for stage in STAGES})
         self._metrics_updated = {(kind, stage): False for kind in ("pixel", "image") for stage in STAGES}

@@ -33,9 +33,12 @@ from torchmetrics.classification import (
     BinaryPrecision,
     BinaryRecall,
 )
+from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["AUPRO", "BinnedCurves", "RegionF1", "SegmentationMetrics", "ThresholdSweepF1"]
+from crackseg.metrics.classification import _dense_ranks
+
+__all__ = ["AUPRO", "BinnedCurves", "RankCurves", "RegionF1", "SegmentationMetrics", "ThresholdSweepF1"]
 
 # Messages torchmetrics emits when the target has a single class; we return nan instead (see compute()).
 _ONE_CLASS_WARNINGS = (
@@ -495,6 +498,42 @@ class BinnedCurves(Metric):
         return {"auroc": auroc, "auprc": auprc}
 
 
+class RankCurves(Metric):
+    """Exact pixel AUROC and AUPRC for unbounded anomaly scores (any range, any monotone scale).
+
+    Hand-written because torchmetrics applies a sigmoid to scores outside [0, 1] (decided per batch,
+    saturating large anomaly scores into ties); the scores are stored (float32) and, at compute time,
+    replaced by their dense ranks in [0, 1] before torchmetrics' exact functional curves, which depend on
+    the order of the scores only. Memory: 8 bytes per pixel.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("targets", default=[], dist_reduce_fx="cat")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Add pixels: ``preds`` scores of any range, ``target`` {0, 1}, matching shapes."""
+        self.scores.append(preds.detach().flatten().float())
+        self.targets.append((target.flatten() > 0).float())
+
+    def compute(self) -> dict[str, Tensor]:
+        """``{"auroc", "auprc"}`` (nan when undefined, as :class:`BinnedCurves`)."""
+        scores, targets = dim_zero_cat(self.scores), dim_zero_cat(self.targets).long()
+        nan = torch.tensor(float("nan"), device=scores.device)
+        n_pos = int(targets.sum())
+        if n_pos == 0:
+            return {"auroc": nan, "auprc": nan.clone()}
+        ranks = _dense_ranks(scores)
+        auprc = binary_average_precision(ranks, targets, thresholds=None).float()
+        auroc = binary_auroc(ranks, targets, thresholds=None).float() if n_pos < targets.numel() else nan
+        return {"auroc": auroc, "auprc": auprc}
+
+
 class SegmentationMetrics(nn.Module):
     """Pixel-map metrics reported at the end of a test epoch.
 
@@ -524,6 +563,8 @@ class SegmentationMetrics(nn.Module):
         auc: report pixel AUROC and AUPRC.
         binned_auc_thresholds: number of thresholds of the binned AUCs, ``None`` for exact (stores every
             pixel).
+        unbounded: the maps are anomaly scores of any range: no threshold sweep (ODS / OIS / AP need
+            probabilities), exact rank-based AUROC / AUPRC (:class:`RankCurves`), no range check.
     """
 
     def __init__(
@@ -533,8 +574,12 @@ class SegmentationMetrics(nn.Module):
         aupro: bool = False,
         auc: bool = True,
         binned_auc_thresholds: int | None = 1000,
+        unbounded: bool = False,
     ) -> None:
         super().__init__()
+        if unbounded:  # anomaly scores: no [0, 1] sweep; exact rank-based curves
+            threshold_sweep, binned_auc_thresholds = False, None
+        self.unbounded = unbounded
         self.sweep: ThresholdSweepF1 | None = ThresholdSweepF1() if threshold_sweep else None
         self.region: RegionF1 | None = RegionF1(validate_args=False) if region_f1 else None
         self.aupro: AUPRO | None = AUPRO() if aupro else None
@@ -550,8 +595,10 @@ class SegmentationMetrics(nn.Module):
         self.auc: MetricCollection | None = None
         self.num_pos: SumMetric | None = None
         self.num_neg: SumMetric | None = None
-        self.binned: BinnedCurves | None = None
-        if auc and binned_auc_thresholds is not None:
+        self.binned: BinnedCurves | RankCurves | None = None
+        if auc and unbounded:
+            self.binned = RankCurves()
+        elif auc and binned_auc_thresholds is not None:
             self.binned = BinnedCurves(binned_auc_thresholds)
         elif auc:
             self.auc = MetricCollection(
@@ -584,7 +631,7 @@ class SegmentationMetrics(nn.Module):
         if probs.numel() == 0:
             return
         probs = probs.detach()
-        if self.sweep is not None or self.auc is not None or self.binned is not None:
+        if not self.unbounded and (self.sweep is not None or self.auc is not None or self.binned is not None):
             lo, hi = torch.aminmax(probs)
             if bool(lo < 0) or bool(hi > 1):
                 raise ValueError(
