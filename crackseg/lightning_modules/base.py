@@ -198,7 +198,7 @@ class CrackSegModule(LightningModule):
         result = self.evaluate_batch(batch, batch_idx)
         batch_size = len(batch["image"])
         losses = self.compute_loss(result["outputs"], batch)
-        self.log(f"{stage}/loss", losses["loss"], batch_size=batch_size, sync_dist=True)
+        self.log_dict({f"{stage}/{k}": v for k, v in losses.items()}, batch_size=batch_size, sync_dist=True)
         has_mask = batch["has_mask"]
         if has_mask.any():
             self.pixel_metrics[stage].update(result["map"][has_mask], batch["mask"][has_mask],
