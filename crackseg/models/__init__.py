@@ -6,7 +6,10 @@ Every segmentation network maps a normalised image batch (B, C, H, W) to a dict 
 """
 
 from crackseg.models.deepcrack import DeepCrackLiuModel
+from crackseg.models.feature_ae import DFRModel, FeatureExtractor, SkipAEModel
 from crackseg.models.scnet import SCNetModel
 from crackseg.models.unet import UNetModel
+from crackseg.models.vae import ConvVAE
 
-__all__ = ["DeepCrackLiuModel", "SCNetModel", "UNetModel"]
+__all__ = ["ConvVAE", "DeepCrackLiuModel", "SCNetModel", "UNetModel"]
+__all__ += ["DFRModel", "FeatureExtractor", "SkipAEModel"]
