@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +25,7 @@ MAGNETIC_TILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "magne
 VGG11_RELUS = ["features.1", "features.4", "features.7"]  # relu1_1, relu2_1, relu3_1 of timm's vgg11
 
 
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    """One intra-op thread: faster for these tiny networks, and immune to OpenMP spinning on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture

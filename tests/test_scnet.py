@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -33,13 +32,7 @@ CFD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cfd"
 TINY = 1 / 16  # 64 … 512 channels → 4 … 32
 
 
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    """One intra-op thread: faster for these tiny networks, and immune to OpenMP spinning on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def crack_batch(n: int = 2, size: tuple[int, int] = (64, 64), seed: int = 0) -> dict:

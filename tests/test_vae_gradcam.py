@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +24,7 @@ MAGNETIC_TILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "magne
 TINY = 0.125  # ResNet-18 widths 64 … 512 → 8 … 64
 
 
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    """One intra-op thread: faster for these tiny networks, and immune to OpenMP spinning on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_model(**kwargs: object) -> VAEGradCAM:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from crackseg.models.unet import conv_block
+from crackseg.models.unet import conv_block, initialize_convs
 
 VGG16_BLOCKS = (2, 2, 3, 3, 3)
 VGG16_WIDTHS = (64, 128, 256, 512, 512)
@@ -37,14 +37,7 @@ class DeepCrackLiuModel(nn.Module):
             [conv_block(in_channels if i == 0 else widths[i - 1], widths[i], n) for i, n in enumerate(VGG16_BLOCKS)])
         self.sides = nn.ModuleList([nn.Conv2d(w, 1, 1) for w in widths])
         self.fuse = nn.Conv2d(len(widths), 1, 1)
-        if init == "xavier":
-            for module in self.modules():
-                if isinstance(module, nn.Conv2d):
-                    nn.init.xavier_normal_(module.weight)
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)
-        elif init != "default":
-            raise ValueError(f"init must be 'xavier' or 'default', got {init!r}")
+        initialize_convs(self, init)
 
     def forward(self, x: Tensor) -> dict[str, Tensor | list[Tensor]]:
         size = x.shape[-2:]

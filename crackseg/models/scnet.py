@@ -61,6 +61,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from crackseg.models.unet import initialize_convs
+
 VGG_BLOCKS = (2, 2, 3, 3, 3)
 VGG_WIDTHS = (64, 128, 256, 512, 512)
 #: parameters reported in Table VII (millions), by number of levels
@@ -184,14 +186,7 @@ class SCNetModel(nn.Module):
         # eq. 2: scale i (1-based) fuses i enhancement channels with 1 decoder channel
         self.fuse = nn.ModuleList([nn.Conv2d(i + 2, 1, 1) for i in range(levels)])
         self.final = nn.Conv2d(levels, 1, 1)  # eq. 4
-        if init == "xavier":
-            for module in self.modules():
-                if isinstance(module, nn.Conv2d):
-                    nn.init.xavier_normal_(module.weight)
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)
-        elif init != "default":
-            raise ValueError(f"init must be 'xavier' or 'default', got {init!r}")
+        initialize_convs(self, init)
 
     #: submodule whose output Grad-CAM weights by default: the last decoder block (full resolution)
     default_gradcam_layer = "decoder.0"

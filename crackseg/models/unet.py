@@ -15,6 +15,18 @@ def conv_block(in_channels: int, out_channels: int, n_convs: int = 2, bias: bool
     return nn.Sequential(*layers)
 
 
+def initialize_convs(module: nn.Module, init: str) -> None:
+    """Xavier-normal weights and zero biases for every Conv2d (``init="xavier"``), or PyTorch's (``"default"``)."""
+    if init == "xavier":
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    elif init != "default":
+        raise ValueError(f"init must be 'xavier' or 'default', got {init!r}")
+
+
 class UNetModel(nn.Module):
     """U-Net: 4 max-pool downsamplings, transposed-conv upsampling, skip concatenation.
 
