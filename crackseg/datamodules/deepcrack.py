@@ -6,7 +6,8 @@ from pathlib import Path
 
 from crackseg.data.dataset import Sample
 from crackseg.data.io import DataError
-from crackseg.datamodules.base import CrackDataModule, Split, paired_samples
+from crackseg.datamodules.base import CrackDataModule, Split
+from crackseg.datamodules.folder import attach_masks, folder_images
 
 
 class DeepCrackDataModule(CrackDataModule):
@@ -45,4 +46,4 @@ class DeepCrackDataModule(CrackDataModule):
             if not path.is_dir():
                 raise DataError(f"DeepCrack {split} folder not found: {path} "
                                 f"(expected {split}_img/ and {split}_lab/ under {folder})")
-        return paired_samples(image_dir, mask_dir, mask_suffixes=(".png",))
+        return attach_masks(((p, -1, True) for p in folder_images(image_dir)), mask_dir, ".png")

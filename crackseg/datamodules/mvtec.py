@@ -7,7 +7,8 @@ from typing import Any
 
 from crackseg.data.dataset import Sample
 from crackseg.data.io import DataError
-from crackseg.datamodules.base import CrackDataModule, Split, paired_samples
+from crackseg.datamodules.base import CrackDataModule, Split
+from crackseg.datamodules.folder import attach_masks, folder_images
 
 
 class MVTecADDataModule(CrackDataModule):
@@ -48,17 +49,17 @@ class MVTecADDataModule(CrackDataModule):
                             f"{folder}/train/good/ and {folder}/test/ (categories found: "
                             f"{', '.join(found) or 'none'})")
         if split == "train":
-            return paired_samples(folder / "train" / "good", None, label=0)
+            return attach_masks(((p, 0, False) for p in folder_images(folder / "train" / "good")), None)
         samples: list[Sample] = []
         defects = sorted(p for p in (folder / "test").iterdir() if p.is_dir() and not p.name.startswith("."))
         for defect_dir in defects:
             if defect_dir.name == "good":
-                samples += paired_samples(defect_dir, None, label=0)
+                samples += attach_masks(((p, 0, False) for p in folder_images(defect_dir)), None)
                 continue
             mask_dir = folder / "ground_truth" / defect_dir.name
             if not mask_dir.is_dir():
                 raise DataError(f"MVTec AD masks of {defect_dir} not found: expected {mask_dir}/")
-            samples += paired_samples(defect_dir, mask_dir, mask_stem_format="{stem}_mask", label=1)
+            samples += attach_masks(((p, 1, True) for p in folder_images(defect_dir)), mask_dir, "_mask.png")
         gt_dir = folder / "ground_truth"
         if gt_dir.is_dir():
             extra = sorted(p for p in gt_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
