@@ -108,6 +108,13 @@ class CrackSegModule(LightningModule):
         """(B,) image score (higher = more likely defective); default: the map's maximum."""
         return maps.flatten(1).amax(1)
 
+    def pro_map(self, maps: Tensor, outputs: dict[str, Any]) -> Tensor | None:
+        """(B, 1, H, W) map AUPRO is computed on when it differs from :meth:`anomaly_map` (None: the same map).
+
+        MSFlow's reference code scores pixel AUROC on an additive and PRO on a multiplicative map.
+        """
+        return None
+
     def extra_maps(self, outputs: dict[str, Any], batch: dict[str, Any], batch_idx: int | None) -> dict[str, Tensor]:
         """Further (B, 1, h, w) maps to show beside the main one (attention, Grad-CAM, side outputs).
 
@@ -188,6 +195,7 @@ class CrackSegModule(LightningModule):
         return {
             "outputs": outputs,
             "map": maps,
+            "pro_map": self.pro_map(maps, outputs),
             "score": scores,
             "pred_mask": maps >= self.pixel_threshold,
             "pred_label": scores >= self.image_threshold,
@@ -201,8 +209,10 @@ class CrackSegModule(LightningModule):
         self.log_dict({f"{stage}/{k}": v for k, v in losses.items()}, batch_size=batch_size, sync_dist=True)
         has_mask = batch["has_mask"]
         if has_mask.any():
+            pro_map = result["pro_map"]
             self.pixel_metrics[stage].update(result["map"][has_mask], batch["mask"][has_mask],
-                                             float(self.pixel_threshold))
+                                             float(self.pixel_threshold),
+                                             pro_probs=None if pro_map is None else pro_map[has_mask])
             self._metrics_updated["pixel", stage] = True
         known = batch["label"] >= 0
         if known.any():
@@ -220,6 +230,7 @@ class CrackSegModule(LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         result = self.evaluate_batch(batch, batch_idx)
         result.pop("outputs")
+        result.pop("pro_map")
         return result
 
     def _log_epoch_metrics(self, stage: str) -> None:

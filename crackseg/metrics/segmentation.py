@@ -611,13 +611,15 @@ class SegmentationMetrics(nn.Module):
             self.num_neg = SumMetric()
         self._threshold: float | None = None
 
-    def update(self, probs: Tensor, target: Tensor, threshold: float) -> None:
+    def update(self, probs: Tensor, target: Tensor, threshold: float, pro_probs: Tensor | None = None) -> None:
         """Update every enabled metric with a batch.
 
         Args:
             probs: probabilities in ``[0, 1]``, ``(B, 1, H, W)`` or ``(B, H, W)``.
             target: ground truth of the same shape in ``{0, 1}``.
             threshold: binarisation threshold (``probs >= threshold``); constant between resets.
+            pro_probs: another map of the same shape for AUPRO only (MSFlow scores PRO on its
+                multiplicative map); None uses ``probs``.
         """
         threshold = float(threshold)
         if self._threshold is None:
@@ -655,7 +657,10 @@ class SegmentationMetrics(nn.Module):
             self.num_pos.update(n_pos)
             self.num_neg.update(target.numel() - n_pos)
         if self.aupro is not None:
-            self.aupro.update(probs, target)
+            if pro_probs is None:
+                self.aupro.update(probs, target)
+            else:
+                self.aupro.update(_prepare(pro_probs, target)[0].detach(), target)
 
     def compute(self) -> dict[str, Tensor]:
         """Return the flat dict of scalar tensors described in the class docstring."""
