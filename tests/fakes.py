@@ -121,6 +121,42 @@ def make_crack500(root: Path, n_train: int = 4, n_val: int = 2, n_test: int = 2,
     return root
 
 
+def crack500_full_crack_tiles(i: int) -> set[tuple[int, int]]:
+    """The (row, col) cells of the 3x3 grid holding a crack in image ``i`` of :func:`make_crack500_full`
+    (image 2 has none: a crack-free image)."""
+    if i == 2:
+        return set()
+    cells = {(i % 3, (i + 1) % 3)}
+    if i % 2 == 0:
+        cells.add((2, 2))  # the last row and column, which absorb the remainder
+    return cells
+
+
+def make_crack500_full(root: Path, n: int = 5, size: Size = (50, 80), folder: str = "traindata",
+                       mask_suffix: str = "_mask.png") -> Path:
+    """``traindata/<id>.jpg`` + ``<id><mask_suffix>``: full-size Crack500 images for the grid protocol.
+
+    Image ``i`` (stems ``2016_<i>``, sorted as numbered) has short cracks strictly inside the 3x3 grid
+    cells :func:`crack500_full_crack_tiles` gives (the size is not divisible by 3, so the last row and
+    column are larger); the other cells are crack-free.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(0)
+    height, width = size
+    for i in range(n):
+        image, _ = crack_pair(rng, size, crack=False)
+        mask = np.zeros(size, np.uint8)
+        for row, col in crack500_full_crack_tiles(i):
+            top, left = row * (height // 3), col * (width // 3)
+            bottom = height if row == 2 else top + height // 3
+            right = width if col == 2 else left + width // 3
+            cv2.line(mask, (left + 3, top + 3), (right - 4, bottom - 4), 255, 1)
+        image[mask > 0] = 40
+        write_image(root / folder / f"2016_{i:02d}.jpg", image)
+        write_image(root / folder / f"2016_{i:02d}{mask_suffix}", mask)
+    return root
+
+
 def make_ozgenel(root: Path, n_positive: int = 4, n_negative: int = 4, with_masks: bool = False,
                  size: Size = (32, 32)) -> Path:
     """``Positive/*.jpg`` (crack) and ``Negative/*.jpg``; with ``with_masks``, ``Masks/<stem>.png`` for

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fakes  # noqa: E402
 
-from crackseg.data.io import DataError, read_mask  # noqa: E402
+from crackseg.data.dataset import (  # noqa: E402
+    Sample,
+    parse_sample_id,
+    read_sample_mask,
+    sample_id,
+    tile_box,
+)
+from crackseg.data.io import DataError, read_image, read_mask  # noqa: E402
 from crackseg.datamodules import (  # noqa: E402
     Crack500DataModule,
     CrackDataModule,
@@ -504,3 +512,105 @@ def test_real_magnetic_tile() -> None:
     for index in defective:
         item = dm.datasets["test"][index]
         assert item["mask"].sum() > 0 and item["image"].shape == (3, 256, 256)
+
+
+# -- Crack500 grid protocol (tiles) -------------------------------------------------------------
+def test_tile_ids_and_boxes() -> None:
+    sample = Sample(Path("/data/a#b/img.jpg"), Path("/data/a#b/img.png"), tile=(1, 2, 3))
+    assert sample_id(sample) == "/data/a#b/img.jpg#r1c2of3"
+    assert parse_sample_id(sample_id(sample)) == ("/data/a#b/img.jpg", (1, 2, 3))
+    assert parse_sample_id("/data/a#b/img.jpg") == ("/data/a#b/img.jpg", None)
+    assert [tile_box(50, 80, (r, r, 3)) for r in range(3)] == [(0, 16, 0, 26), (16, 32, 26, 52), (32, 50, 52, 80)]
+    with pytest.raises(ValueError, match="not a .row, col, grid. cell"):
+        Sample(Path("x.jpg"), tile=(3, 0, 3))
+
+
+def _grid(root: Path, **kw) -> Crack500DataModule:
+    return Crack500DataModule(root, protocol="grid", grid_train_images=3, **kw)
+
+
+def test_crack500_grid_protocol(tmp_path: Path) -> None:
+    root = fakes.make_crack500_full(tmp_path / "c500", n=5)
+    stems = [f"2016_{i:02d}" for i in range(5)]
+    dm = _grid(root, val_fraction=0.2, crop_size=32)
+    splits = dm.split_samples()
+    assert (len(splits["train"]), len(splits["val"]), len(splits["test"])) == (22, 5, 18)
+    # the first grid_train_images images (sorted by name) form the training pool, the rest the test set
+    assert {s.image.stem for s in splits["train"] + splits["val"]} == set(stems[:3])
+    assert {s.image.stem for s in splits["test"]} == set(stems[3:])
+    tiles = splits["train"] + splits["val"] + splits["test"]
+    for stem in stems:
+        assert sorted(s.tile[:2] for s in tiles if s.image.stem == stem) == [(r, c) for r in range(3) for c in range(3)]
+    for s in tiles:  # labels from the tile's part of the mask
+        assert s.label == int(s.tile[:2] in fakes.crack500_full_crack_tiles(stems.index(s.image.stem))), s
+        assert s.mask.name == f"{s.image.stem}_mask.png"
+    # tiles crop the image and the mask; batch paths and sizes name the tile
+    dm.setup("fit")
+    dm.setup("test")
+    dataset = dm.datasets["test"]
+    for index, s in enumerate(dataset.samples):
+        image, mask = dataset.load(index)
+        top, bottom, left, right = tile_box(50, 80, s.tile)
+        assert np.array_equal(image, read_image(s.image)[top:bottom, left:right])
+        assert np.array_equal(mask, read_mask(s.mask)[top:bottom, left:right])
+        assert int(mask.any()) == s.label
+    batches = list(dm.test_dataloader())
+    paths = [b["path"][0] for b in batches]
+    assert len(set(paths)) == 18 and all(re.search(r"2016_0[34]\.jpg#r\dc\dof3$", p) for p in paths)
+    corner = next(b for b in batches if b["path"][0].endswith("#r2c2of3"))
+    assert corner["image"].shape[-2:] == (18, 28) and corner["orig_size"][0].tolist() == [18, 28]
+    assert [int(b["label"]) for b in batches] == [s.label for s in dataset.samples]
+    check_batch(next(iter(dm.train_dataloader())), 4, (32, 32))  # crops of tiles, reflect-padded
+
+
+def test_crack500_grid_normal_only_lists_and_errors(tmp_path: Path) -> None:
+    root = fakes.make_crack500_full(tmp_path / "c500", n=5, mask_suffix=".png")
+    train = _grid(root, train_on_normal_only=True, val_fraction=0.0).split_samples()["train"]
+    expected = sum(9 - len(fakes.crack500_full_crack_tiles(i)) for i in range(3))
+    assert len(train) == expected and {s.label for s in train} == {0}
+    assert all(read_sample_mask(s).sum() == 0 for s in train) and all(s.mask.suffix == ".png" for s in train)
+    # a list file keeps its own order: its first images are the training pool
+    lines = [f"traindata/2016_{i:02d}.jpg traindata/2016_{i:02d}.png" for i in (4, 3, 2, 1, 0)]
+    (root / "grid.txt").write_text("\n".join(lines) + "\n")
+    splits = _grid(root, grid_folder="grid.txt", val_fraction=0.0).split_samples()
+    assert {s.image.stem for s in splits["train"]} == {"2016_04", "2016_03", "2016_02"}
+    # archives unpack to traindata/traindata/
+    nested = tmp_path / "nested"
+    fakes.make_crack500_full(nested, n=4, folder="traindata/traindata")
+    assert len(_grid(nested).find_samples("test")) == 9
+    # errors name the option
+    with pytest.raises(DataError, match=r"grid_train_images=5 takes all 5 images of traindata"):
+        Crack500DataModule(root, protocol="grid", grid_train_images=5).setup("test")
+    with pytest.raises(DataError, match=r"grid_folder not found: .*nothere"):
+        _grid(root, grid_folder="nothere").setup("fit")
+    with pytest.raises(ValueError, match="data.init_args.protocol must be 'official' or 'grid'"):
+        Crack500DataModule(root, protocol="tiles")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="data.init_args.grid must be >= 1"):
+        Crack500DataModule(root, protocol="grid", grid=0)
+    small = tmp_path / "small"
+    fakes.make_crack500_full(small, n=4, size=(2, 40))
+    with pytest.raises(DataError, match=r"2016_00_mask.png is 40x2, too small to cut into a 3x3 grid"):
+        _grid(small).setup("fit")
+
+
+def test_prediction_names_of_tiles(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from crackseg.callbacks.writer import PredictionWriter
+    from crackseg.data.dataset import collate
+
+    dm = _grid(fakes.make_crack500_full(tmp_path / "c500", n=4))
+    dm.setup("test")
+    dataset = dm.datasets["test"]
+    batch = collate([dataset[0], dataset[1]])  # tiles r0c0 and r0c1 of one image (both 16x26)
+    outputs = {"map": torch.rand(2, 1, 16, 26), "score": torch.zeros(2), "pred_label": torch.zeros(2)}
+    module = SimpleNamespace(pixel_threshold=torch.tensor(0.5), image_threshold=torch.tensor(0.5),
+                             maps_are_probabilities=True)
+    writer = PredictionWriter(tmp_path / "out", stages=("test",))
+    writer._start()
+    writer._write_batch(module, outputs, batch, "test")  # type: ignore[arg-type]
+    names = sorted(p.name for p in (tmp_path / "out" / "test" / "overlays").iterdir())
+    assert names == ["2016_03_r0c0.png", "2016_03_r0c1.png"]
+    overlay = read_image(tmp_path / "out" / "test" / "overlays" / "2016_03_r0c1.png")
+    assert overlay.shape == (16, 26, 3)
+    assert [row["source"] for row in writer._rows] == batch["path"]

@@ -14,15 +14,21 @@ from lightning import Callback, LightningModule, Trainer
 from torch.nn import functional as F
 
 from crackseg.callbacks.visualization import overlay
+from crackseg.data.dataset import crop_tile, parse_sample_id
 from crackseg.data.io import read_image, write_png
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def safe_name(path: str) -> str:
-    """A file-name stem from an input path that cannot leave the output folder."""
-    stem = _UNSAFE.sub("_", Path(path).stem).strip("._") or "image"
-    return stem[:200]
+    """A file-name stem from an input path (or tile id) that cannot leave the output folder.
+
+    A tile of a grid-cut image (``<image>#r<row>c<col>of<grid>``, see
+    :func:`crackseg.data.dataset.sample_id`) gets the suffix ``_r<row>c<col>``.
+    """
+    image, tile = parse_sample_id(path)
+    stem = _UNSAFE.sub("_", Path(image).stem).strip("._")[:200] or "image"
+    return stem if tile is None else f"{stem}_r{tile[0]}c{tile[1]}"
 
 
 class PredictionWriter(Callback):
@@ -32,7 +38,8 @@ class PredictionWriter(Callback):
     ``maps/<name>.png`` (map × 255 for probabilities; min-max normalised per image for anomaly maps),
     ``overlays/<name>.png`` (mask in red over the image) and ``scores.csv`` (name, source, image score,
     predicted label, crack pixels, crack fraction, thresholds used). Names come from the input file
-    stems, sanitised; repeated stems get a numeric suffix. Files are written atomically.
+    stems, sanitised (tiles of a grid-cut image: ``<stem>_r<row>c<col>``); repeated stems get a numeric
+    suffix. Files are written atomically.
 
     Args:
         output_dir: folder for the outputs.
@@ -86,7 +93,8 @@ class PredictionWriter(Callback):
                 write_png(folder / "maps" / f"{name}.png",
                           (m.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
             if self.save_overlay:
-                write_png(folder / "overlays" / f"{name}.png", overlay(read_image(path), mask))
+                image_path, tile = parse_sample_id(path)
+                write_png(folder / "overlays" / f"{name}.png", overlay(crop_tile(read_image(image_path), tile), mask))
             self._rows.append({
                 "name": name, "source": path, "score": float(outputs["score"][i]),
                 "predicted_label": int(bool(outputs["pred_label"][i])), "crack_pixels": int(mask.sum()),

@@ -1,1 +1,2 @@
-"""Data operations: image / mask I/O, the dataset and batch format, transforms, synthetic cracks."""
+"""Data operations: image / mask I/O, the dataset and batch format (tiles included), transforms,
+synthetic cracks and synthetic anomalies (:mod:`crackseg.data.anomalies`)."""

@@ -1,8 +1,8 @@
 """Base class of every datamodule: splits, validation of files, loaders, prediction inputs.
 
 A concrete datamodule only says where a split's samples are (:meth:`CrackDataModule.find_samples`);
-everything else (seeded hold-out validation, normal-only training, augmentation, file checks, the
-prediction folder) lives here once.
+everything else (seeded hold-out validation, normal-only training, augmentation, synthetic anomalies,
+file checks, the prediction folder) lives here once.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import numpy as np
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
-from crackseg.data.dataset import CrackDataset, Sample, collate
-from crackseg.data.io import DataError, image_size, is_image_file, list_images, read_mask
+from crackseg.data.anomalies import AnomalySynthesizer
+from crackseg.data.dataset import CrackDataset, Sample, collate, read_sample_mask, sample_id
+from crackseg.data.io import DataError, image_size, is_image_file, list_images
 from crackseg.data.transforms import build_transform
 
 Split = Literal["train", "val", "test"]
@@ -46,6 +47,22 @@ class CrackDataModule(LightningDataModule):
             header fails later, mid-epoch); ``"none"`` skips the checks.
         mask_threshold: grey level above which an image-mask pixel is a crack.
         predict_path: image file or folder for ``crackseg predict``; None predicts the test split.
+        synthetic_anomalies: a synthetic-anomaly operation (``{class_path: CutPaste}``,
+            ``{class_path: PoissonBlend, init_args: {source: {class_path: DeepCrackDataModule, ...}}}``,
+            see :mod:`crackseg.data.anomalies`) turning the splits of ``synthetic_splits`` into a
+            synthetic-anomaly segmentation task (self-supervised pre-training): each image receives an
+            anomaly with probability ``synthetic_probability`` after augmentation, its mask becomes the
+            anomaly's mask (label 1), and images left untouched get an empty mask (label 0). Training
+            anomalies are random (new every epoch, different per worker); validation anomalies are
+            seeded by ``seed`` (the same every epoch). Test and predict images stay real. Only normal
+            images may receive anomalies (a real defect would be labelled normal): the training split
+            must hold no defective image (MVTec AD, magnetic tile and unsupervised synthetic data are
+            normal-only; elsewhere set ``train_on_normal_only``), else set-up stops naming one; the
+            validation split, which has no such switch, keeps only its normal images. None = real
+            labels.
+        synthetic_probability: probability that an image of a synthetic split receives an anomaly.
+            The MSFlow pre-training paper does not give it; 0.5 as in DRAEM (Zavrtanik et al. 2021).
+        synthetic_splits: the splits that receive synthetic anomalies, among ``train`` and ``val``.
     """
 
     def __init__(
@@ -65,6 +82,9 @@ class CrackDataModule(LightningDataModule):
         check_files: Literal["full", "header", "none"] = "full",
         mask_threshold: int = 127,
         predict_path: str | os.PathLike | None = None,
+        synthetic_anomalies: AnomalySynthesizer | None = None,
+        synthetic_probability: float = 0.5,
+        synthetic_splits: Sequence[str] = ("train", "val"),
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -78,6 +98,15 @@ class CrackDataModule(LightningDataModule):
             raise ValueError(f"data.image_size must be [height, width] >= 1, got {image_size}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        if synthetic_anomalies is not None and not isinstance(synthetic_anomalies, AnomalySynthesizer):
+            raise ValueError("data.init_args.synthetic_anomalies must be an AnomalySynthesizer ({class_path: "
+                             "CutPaste} or {class_path: PoissonBlend, ...}), got "
+                             f"{type(synthetic_anomalies).__name__}")
+        if not 0.0 <= synthetic_probability <= 1.0:
+            raise ValueError(f"data.init_args.synthetic_probability must be in [0, 1], got {synthetic_probability}")
+        if isinstance(synthetic_splits, str) or not set(synthetic_splits) <= {"train", "val"}:
+            raise ValueError("data.init_args.synthetic_splits must be a list of 'train' and / or 'val', got "
+                             f"{synthetic_splits!r}")
         self.root = Path(root).expanduser()
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -93,6 +122,9 @@ class CrackDataModule(LightningDataModule):
         self.check_files = check_files
         self.mask_threshold = mask_threshold
         self.predict_path = Path(predict_path).expanduser() if predict_path is not None else None
+        self.synthetic_anomalies = synthetic_anomalies
+        self.synthetic_probability = synthetic_probability
+        self.synthetic_splits = tuple(synthetic_splits)
         self.datasets: dict[str, CrackDataset] = {}
 
     # -- to implement -------------------------------------------------------------------------
@@ -116,7 +148,11 @@ class CrackDataModule(LightningDataModule):
             raise DataError(f"dataset root not found: {self.root} (set data.init_args.root)")
 
     def split_samples(self) -> dict[str, list[Sample]]:
-        """Train / val / test samples after hold-out and normal-only filtering (no file checks)."""
+        """Train / val / test samples after hold-out and normal-only filtering (no file checks).
+
+        Raises:
+            DataError: synthetic anomalies are requested on a training split with a defective image.
+        """
         self._require_root()
         train = self.find_samples("train") or []
         val = self.find_samples("val")
@@ -124,13 +160,25 @@ class CrackDataModule(LightningDataModule):
             train, val = hold_out(train, self.val_fraction, self.seed) if self.val_fraction > 0 else (train, [])
         if self.train_on_normal_only:
             train = [s for s in train if self._label(s) == 0]
+        if self.synthetic_anomalies is not None:
+            if "train" in self.synthetic_splits and not self.train_on_normal_only:
+                defective = next((s for s in train if self._label(s) == 1), None)
+                if defective is not None:
+                    raise DataError(
+                        f"synthetic anomalies are put on normal images only, but the train split of "
+                        f"{type(self).__name__} under {self.root} holds defective images (e.g. "
+                        f"{sample_id(defective)}): set data.init_args.train_on_normal_only=true, or leave "
+                        "train out of data.init_args.synthetic_splits")
+            if "val" in self.synthetic_splits:
+                val = [s for s in val if self._label(s) != 1]
         test = self.find_samples("test") or []
         return {"train": train, "val": val, "test": test}
 
     def _label(self, sample: Sample) -> int:
+        """The sample's label, derived from its mask (cropped to its tile) when unknown."""
         if sample.label >= 0 or sample.mask is None:
             return sample.label
-        return int(read_mask(sample.mask, self.mask_threshold).any())
+        return int(read_sample_mask(sample, self.mask_threshold).any())
 
     def check_samples(self, samples: Sequence[Sample], split: str) -> None:
         """Raise a :class:`DataError` naming the file if a sample is missing, unreadable or mismatched."""
@@ -140,15 +188,25 @@ class CrackDataModule(LightningDataModule):
                 hint = f" (data.val_fraction={self.val_fraction} holds out no training image)"
             elif split == "train" and self.train_on_normal_only:
                 hint = " (data.train_on_normal_only=true left no normal image)"
+            elif split == "val" and self.synthetic_anomalies is not None and "val" in self.synthetic_splits:
+                hint = " (synthetic anomalies keep only its normal images)"
             raise DataError(f"the {split} split of {type(self).__name__} under {self.root} is empty{hint}")
         if self.check_files == "none":
             return
         dataset = CrackDataset(samples, None, self.mask_threshold)
+        checked: set[tuple] = set()  # tiles of one image share its files: check them once
         for index, sample in enumerate(samples):
+            key = (sample.image, sample.mask, sample.tile[2] if sample.tile else None)
+            if key in checked:
+                continue
+            checked.add(key)
             if self.check_files == "full":
                 dataset.load(index)
                 continue
             size = image_size(sample.image)
+            if sample.tile is not None and min(size) < sample.tile[2]:
+                raise DataError(f"image {sample.image} is {size[1]}x{size[0]}, too small to cut into a "
+                                f"{sample.tile[2]}x{sample.tile[2]} grid")
             if sample.mask is not None:
                 mask_size = image_size(sample.mask)
                 if mask_size != size:
@@ -172,7 +230,12 @@ class CrackDataModule(LightningDataModule):
     def _dataset(self, samples: Sequence[Sample], split: str) -> CrackDataset:
         transform = build_transform(split == "train", self.crop_size, self.image_size, self.rotate_limit,
                                     self.flip, self.color_jitter)
-        return CrackDataset(samples, transform, self.mask_threshold)
+        if self.synthetic_anomalies is None or split not in self.synthetic_splits:
+            return CrackDataset(samples, transform, self.mask_threshold)
+        self.synthetic_anomalies.prepare()  # before loaders fork their workers
+        return CrackDataset(samples, transform, self.mask_threshold, synthesizer=self.synthetic_anomalies,
+                            synthetic_probability=self.synthetic_probability,
+                            synthetic_seed=None if split == "train" else self.seed)
 
     # -- loaders ------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
