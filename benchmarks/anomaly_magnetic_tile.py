@@ -79,7 +79,39 @@ def fmt(value: float | None, scale: float = 100.0, digits: int = 1) -> str:
     return f"{scale * value:.{digits}f}"
 
 
+def timing_only(args: argparse.Namespace) -> str:
+    """Re-measure the inference times of checkpoints an earlier run left in ``--workdir`` (on a quiet machine)."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    device = "cuda" if args.accelerator in ("gpu", "cuda") else "cpu"
+    rows = []
+    for name in args.methods:
+        checkpoint = Path(args.workdir) / name / "checkpoints" / "best.ckpt"
+        if not checkpoint.is_file():
+            raise SystemExit(f"no checkpoint {checkpoint}: run the benchmark without --timing-only first")
+        ms = {bs: inference_ms(checkpoint, name, bs, runs=args.timing_runs, device=device) for bs in (1, 32)}
+        paper = f"{PAPER_MS[name]:.1f}" if name in PAPER_MS else "–"
+        rows.append(f"| {name} | {backbone_of(REPO / CONFIGS[name])} | {ms[1]:.1f} | {ms[32]:.1f} | {paper} |")
+        print(rows[-1], flush=True)
+    text = f"""## Inference time of the unsupervised methods at 256² (magnetic tile checkpoints)
+
+Command: `python -m benchmarks.anomaly_magnetic_tile --timing-only --methods {' '.join(args.methods)}`; date
+{dt.date.today().isoformat()}; machine: {machine()} ({device}); commit {commit()}. Forward + anomaly map + image score,
+eval mode, `torch.no_grad`, random 256² inputs, median of {args.timing_runs} timed runs after 2 warm-up runs, measured
+with no training job running. Paper: Tang et al. 2022, Table 4, RTX 2080 Ti, ResNeXt101 (SkipAE) / VGG19 (DFR).
+
+| method | extractor | ms/img batch 1 | ms/img batch 32 | paper ms/img |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+"""
+    if not args.no_write:
+        write_section("anomaly_magnetic_tile_timing", text)
+    print(text)
+    return text
+
+
 def run(args: argparse.Namespace) -> str:
+    if args.timing_only:
+        return timing_only(args)
     root = Path(args.root)
     if not root.is_dir():
         raise SystemExit(f"magnetic tile data not found at {root} (give --root)")
@@ -100,7 +132,8 @@ def run(args: argparse.Namespace) -> str:
     for name in methods:
         config = REPO / CONFIGS[name]
         epochs = args.epochs or int(yaml.safe_load(config.read_text())["trainer"]["max_epochs"])
-        result: RunResult = fit_and_test(config, Path(args.workdir) / name, overrides,
+        own = [o.split("=", 1)[1] for o in args.override if o.split("=", 1)[0] == name]
+        result: RunResult = fit_and_test(config, Path(args.workdir) / name, overrides + own,
                                          max_time_minutes=args.minutes, max_epochs=epochs)
         checkpoint = Path(args.workdir) / name / "checkpoints" / "best.ckpt"
         torch.set_num_threads(os.cpu_count() or 1)
@@ -118,7 +151,8 @@ def run(args: argparse.Namespace) -> str:
     first = next(iter(results.values()))
     limits = ", ".join(o[2:] for o in overrides if o.startswith("--trainer.limit")) or "none"
     command = " ".join(["python -m benchmarks.anomaly_magnetic_tile", *[f"--{k.replace('_', '-')} {v}" for k, v in (
-        ("epochs", args.epochs), ("minutes", args.minutes)) if v is not None], "--methods", *methods])
+        ("epochs", args.epochs), ("minutes", args.minutes)) if v is not None], "--methods", *methods,
+        *[f"--override {o}" for o in args.override]])
     note = f" Not run: {', '.join(missing)} (not exported by crackseg.lightning_modules)." if missing else ""
     text = f"""## Unsupervised anomaly detection on magnetic tile (real data)
 
@@ -157,7 +191,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit-train-batches", dest="limit_train_batches", default=None)
     parser.add_argument("--limit-val-batches", dest="limit_val_batches", default=None)
     parser.add_argument("--limit-test-batches", dest="limit_test_batches", default=None)
+    parser.add_argument("--override", action="append", default=[], metavar="METHOD=--ARG=VALUE",
+                        help="a CLI override for one method only, e.g. VAEGradCAM=--model.init_args.warmup_epochs=5")
     parser.add_argument("--timing-runs", dest="timing_runs", type=int, default=5)
+    parser.add_argument("--timing-only", dest="timing_only", action="store_true",
+                        help="only re-measure inference times of the checkpoints in --workdir")
     parser.add_argument("--no-write", dest="no_write", action="store_true", help="print only, leave RESULTS.md")
     run(parser.parse_args(argv))
 

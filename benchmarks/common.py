@@ -40,7 +40,7 @@ class RunResult:
 
     @property
     def test_ms_per_image(self) -> float:
-        return 1000 * self.test_seconds / self.n_test
+        return 1000 * self.test_seconds / max(self.n_test, 1)
 
 
 def machine() -> str:
@@ -60,8 +60,11 @@ def commit() -> str:
 
 
 def fit_and_test(config: Path, workdir: Path, overrides: list[str], max_time_minutes: float | None = None,
-                 max_epochs: int | None = None) -> RunResult:
-    """``crackseg fit`` then ``crackseg test`` (best checkpoint) with the config's outputs moved to ``workdir``."""
+                 max_epochs: int | None = None, test_checkpoint: str | None = "best.ckpt") -> RunResult:
+    """``crackseg fit`` then ``crackseg test`` with the config's outputs moved to ``workdir``.
+
+    ``test_checkpoint`` names the checkpoint tested (in ``workdir/checkpoints``); None skips the test.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt_dir, out_dir = workdir / "checkpoints", workdir / "predictions"
     cfg = yaml.safe_load(config.read_text())
@@ -84,8 +87,11 @@ def fit_and_test(config: Path, workdir: Path, overrides: list[str], max_time_min
     train_seconds = time.perf_counter() - start
     epochs, steps = cli.trainer.current_epoch, cli.trainer.global_step
     n_train, batch_size = len(cli.datamodule.datasets["train"]), cli.datamodule.batch_size
+    if test_checkpoint is None:
+        metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+        return RunResult(metrics, epochs, steps, batch_size, n_train, 0, train_seconds, 0.0, out_dir)
     start = time.perf_counter()
-    cli = main(["test", *common, "--ckpt_path", str(ckpt_dir / "best.ckpt")])
+    cli = main(["test", *common, "--ckpt_path", str(ckpt_dir / test_checkpoint)])
     test_seconds = time.perf_counter() - start
     return RunResult({k: float(v) for k, v in cli.trainer.callback_metrics.items()}, epochs, steps, batch_size,
                      n_train, len(cli.datamodule.datasets["test"]), train_seconds, test_seconds, out_dir)
