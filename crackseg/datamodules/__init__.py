@@ -9,6 +9,7 @@ from crackseg.datamodules.kolektor import KolektorSDD2DataModule
 from crackseg.datamodules.magnetic_tile import MagneticTileDataModule
 from crackseg.datamodules.mvtec import MVTecADDataModule
 from crackseg.datamodules.ozgenel import OzgenelDataModule
+from crackseg.datamodules.patches import PatchClassificationDataModule
 from crackseg.datamodules.synthetic import SyntheticCracksDataModule
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "MVTecADDataModule",
     "MagneticTileDataModule",
     "OzgenelDataModule",
+    "PatchClassificationDataModule",
     "SyntheticCracksDataModule",
 ]

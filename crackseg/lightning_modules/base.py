@@ -45,10 +45,12 @@ class CrackSegModule(LightningModule):
         momentum: SGD momentum.
         weight_decay: weight decay.
         lr_schedule: ``"constant"``; ``"multistep"`` (× ``lr_gamma`` at the fractions ``lr_milestones``
-            of training); ``"epoch_step"`` (× ``lr_gamma`` after every epoch); ``"cosine"``; ``"poly"``
-            (power 0.9).
+            of training); ``"epoch_step"`` (× ``lr_gamma`` after every epoch); ``"step"`` (× ``lr_gamma``
+            after every ``lr_step_epochs`` epochs, e.g. König et al.'s lr 1e-3 divided by 10 every 10
+            epochs); ``"cosine"``; ``"poly"`` (power 0.9).
         lr_milestones: fractions of the total training steps where ``"multistep"`` decays.
         lr_gamma: decay factor.
+        lr_step_epochs: epochs between two decays of ``"step"`` (>= 1).
         aupro: compute AUPRO (FPR ≤ 0.3) at test time (stores all test pixels).
     """
 
@@ -64,9 +66,10 @@ class CrackSegModule(LightningModule):
         lr: float = 1e-4,
         momentum: float = 0.9,
         weight_decay: float = 2e-4,
-        lr_schedule: Literal["constant", "multistep", "epoch_step", "cosine", "poly"] = "constant",
+        lr_schedule: Literal["constant", "multistep", "epoch_step", "step", "cosine", "poly"] = "constant",
         lr_milestones: tuple[float, ...] = (0.7, 0.9),
         lr_gamma: float = 0.1,
+        lr_step_epochs: int = 10,
         aupro: bool = False,
     ) -> None:
         super().__init__()
@@ -76,6 +79,8 @@ class CrackSegModule(LightningModule):
             raise ValueError(f"model.weight_decay and model.momentum must be >= 0, got {weight_decay}, {momentum}")
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"model.normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
+        if isinstance(lr_step_epochs, bool) or not isinstance(lr_step_epochs, int) or lr_step_epochs < 1:
+            raise ValueError(f"model.init_args.lr_step_epochs must be an integer >= 1, got {lr_step_epochs!r}")
         if any(not 0 < m < 1 for m in lr_milestones):
             raise ValueError(f"model.lr_milestones must be fractions in (0, 1), got {lr_milestones}")
         # The overrides are not hyper-parameters: LightningCLI re-applies a checkpoint's hyper-parameters
@@ -278,8 +283,9 @@ class CrackSegModule(LightningModule):
             raise ValueError(f"model.optimizer must be 'sgd', 'adam' or 'adamw', got {hp.optimizer!r}")
         if hp.lr_schedule == "constant":
             return optimizer
-        if hp.lr_schedule == "epoch_step":
-            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=hp.lr_gamma)
+        if hp.lr_schedule in ("epoch_step", "step"):
+            step_size = 1 if hp.lr_schedule == "epoch_step" else int(hp.get("lr_step_epochs", 10))
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=hp.lr_gamma)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if hp.lr_schedule == "multistep":

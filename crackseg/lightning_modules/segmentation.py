@@ -2,21 +2,25 @@
 
 :class:`SupervisedSegmentation` takes any network returning ``{"logits", "side_logits"?}``; the loss
 is ``fused_weight · L(fused) + Σ_i w_i · L(side_i)`` (deep supervision, DeepCrack / SCNet eq. 6).
-:class:`UNet` and :class:`DeepCrackLiu` are the two baselines with their papers' defaults, so
-configs name them by short ``class_path``.
+:class:`UNet`, :class:`DeepCrackLiu`, :class:`DeepCrackZou` and :class:`OED` are the networks of König
+et al.'s weakly supervised comparison with their papers' defaults, so configs name them by short
+``class_path``.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from crackseg.lightning_modules.base import CrackSegModule
 from crackseg.losses import combined_loss, parse_loss
-from crackseg.models import DeepCrackLiuModel, UNetModel
+from crackseg.models import DeepCrackLiuModel, DeepCrackZouModel, OEDModel, UNetModel
+from crackseg.models.backbones import OFFLINE_NORMALIZATION
+from crackseg.models.oed import OED_DECODER_CHANNELS
 
 
 class SupervisedSegmentation(CrackSegModule):
@@ -112,3 +116,79 @@ class DeepCrackLiu(SupervisedSegmentation):
     def __init__(self, width_multiplier: float = 1.0, loss: str = "focal",
                  side_weights: Sequence[float] | None = (0.5, 0.75, 1.0, 0.75, 0.5), **kwargs: Any) -> None:
         super().__init__(net=DeepCrackLiuModel(3, width_multiplier), loss=loss, side_weights=side_weights, **kwargs)
+
+
+class DeepCrackZou(SupervisedSegmentation):
+    """DeepCrack (Zou et al., IEEE TIP 2018): SegNet encoder-decoder, skip-layer fusion at five scales.
+
+    Network and its reading: :class:`~crackseg.models.DeepCrackZouModel`. Defaults follow the authors'
+    PyTorch code (qinnzou/DeepCrack): BCE on the fused output and on the five side outputs, all weighted 1,
+    Adam lr 1e-3, no weight decay. König et al. (§IV-E) train it with SGD lr 1e-3 (÷10 every 10 epochs),
+    momentum 0.9 and BCE: ``configs/weakly/deepcrack_zou_*.yaml``.
+
+    Args:
+        width_multiplier: scales every width (1.0 = VGG-16's 64 … 512).
+        batch_norm: batch norm after every 3×3 conv (SegNet / the paper); false = the authors' code.
+        loss: loss terms of the fused output (see :class:`SupervisedSegmentation`).
+        side_weights: weights of the five side-output losses (scales 1 … 5); null = no deep supervision.
+        optimizer: optimiser.
+        lr: learning rate.
+        weight_decay: weight decay.
+        **kwargs: options of :class:`SupervisedSegmentation` and :class:`CrackSegModule`.
+    """
+
+    def __init__(self, width_multiplier: float = 1.0, batch_norm: bool = True, loss: str = "bce",
+                 side_weights: Sequence[float] | None = (1.0, 1.0, 1.0, 1.0, 1.0),
+                 optimizer: Literal["sgd", "adam", "adamw"] = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
+                 **kwargs: Any) -> None:
+        super().__init__(net=DeepCrackZouModel(3, width_multiplier, batch_norm), loss=loss, side_weights=side_weights,
+                         optimizer=optimizer, lr=lr, weight_decay=weight_decay, **kwargs)
+
+
+class OED(SupervisedSegmentation):
+    """OED, König et al.'s "Optimized Deep Encoder-Decoder" (Digital Signal Processing 2021).
+
+    Network and its reading: :class:`~crackseg.models.OEDModel` (pretrained EfficientNet encoder, residual
+    U-Net-like decoder, four deep-supervision heads). The paper's encoder is EfficientNet-B5 with ImageNet
+    weights (``backbone: tf_efficientnet_b5``, ``weights: hub``, ``normalization: imagenet``); the default
+    is EfficientNet-Lite0 with the offline ImageNet weights (``normalization: symmetric``), which need no
+    network access. Defaults follow the OED code: SGD lr 1e-3, momentum 0.9, weight decay 2e-5 (its L2
+    1e-5 on the kernels), deep supervision with weight 1 on each side output; the loss is BCE, as König et
+    al.'s weakly supervised comparison (§IV-E; the OED code adds a Dice term, not available here).
+
+    Args:
+        backbone: timm encoder name.
+        weights: encoder weights: ``"offline"``, ``"hub"``, ``"auto"``, a weights file or null (random).
+        decoder_channels: widths of the decoder blocks, deepest first (256, 128, 64, 32, 16).
+        input_channels: width of the full-resolution input convs (16).
+        skip_layers: module names of the encoder taps (shallowest first, the deepest starts the decoder);
+            null = the OED taps of a timm EfficientNet, else the timm feature levels.
+        loss: loss terms of the main output (see :class:`SupervisedSegmentation`).
+        side_weights: weights of the four side-output losses (deepest first); null = no deep supervision.
+        normalization: input normalisation (``"symmetric"`` for the offline weights, ``"imagenet"`` for
+            hub weights).
+        optimizer: optimiser.
+        lr: learning rate.
+        momentum: SGD momentum.
+        weight_decay: weight decay.
+        **kwargs: options of :class:`SupervisedSegmentation` and :class:`CrackSegModule`.
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", weights: str | None = "offline",
+                 decoder_channels: Sequence[int] = OED_DECODER_CHANNELS, input_channels: int = 16,
+                 skip_layers: Sequence[str] | None = None, loss: str = "bce",
+                 side_weights: Sequence[float] | None = (1.0, 1.0, 1.0, 1.0),
+                 normalization: Literal["symmetric", "imagenet", "unit"] = "symmetric",
+                 optimizer: Literal["sgd", "adam", "adamw"] = "sgd", lr: float = 1e-3, momentum: float = 0.9,
+                 weight_decay: float = 2e-5, **kwargs: Any) -> None:
+        net = OEDModel(backbone, weights, decoder_channels, input_channels, deep_supervision=side_weights is not None,
+                       skip_layers=skip_layers)
+        if side_weights is not None and len(side_weights) != len(net.side_heads or []):
+            raise ValueError(f"model.init_args.side_weights needs {len(net.side_heads or [])} weights (one per "
+                             f"decoder block above full resolution), got {list(side_weights)}")
+        super().__init__(net=net, loss=loss, side_weights=side_weights, normalization=normalization,
+                         optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, **kwargs)
+        if net.weights_source == "offline" and normalization != OFFLINE_NORMALIZATION:
+            warnings.warn(f"the offline EfficientNet-Lite0 weights were trained on RGB in [-1, 1]: set "
+                          f"model.init_args.normalization: {OFFLINE_NORMALIZATION} (got {normalization!r})",
+                          stacklevel=2)

@@ -1,0 +1,118 @@
+"""Crack / no-crack patch classifier of König et al.'s weakly supervised segmentation, with Grad-CAM++.
+
+:class:`CrackClassifierNet` is the reference code's classifier (jacobkoenig/WeaklySupervisedCrackSeg,
+TensorFlow): a pretrained backbone (ResNet50 there) → global average pooling → Dense(1000, ReLU) →
+Dense(2) (softmax in the loss here, so the network returns logits). The backbone comes from the shared
+factory :func:`crackseg.models.backbones.create_backbone` (timm ``features_only``, last feature level
+only), so any timm network and every weights source (hub, file, offline EfficientNet-Lite0, random) work.
+
+:func:`crackseg.models.gradcam.gradcam_plus_plus` computes Grad-CAM++ (Chattopadhay et al., WACV 2018) at
+the classifier's last convolutional feature map (``net.target_layer``), the class-activation half of König
+et al.'s coarse localisation (§III-B).
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from crackseg.models.backbones import create_backbone
+
+__all__ = ["CrackClassifierNet", "last_feature_level"]
+
+
+def last_feature_level(name: str) -> int:
+    """Index of the last timm ``features_only`` level of ``name`` (the last convolutional stage).
+
+    The network is built on the ``meta`` device (no memory, no weights), only to count its levels.
+
+    Raises:
+        ValueError: unknown timm model.
+    """
+    try:
+        with torch.device("meta"):
+            probe = timm.create_model(name, pretrained=False, features_only=True)
+    except RuntimeError as error:
+        if "Unknown model" in str(error):
+            close = timm.list_models(f"{name[:4]}*")[:8]
+            raise ValueError(f"unknown timm backbone {name!r} (similar: {', '.join(close) or 'none'})") from error
+        raise
+    return len(probe.feature_info.channels()) - 1
+
+
+def _module_name(model: nn.Module, name: str) -> str:
+    """The module name of a timm feature-info name in ``model`` (features-only wrappers flatten ``a.b`` to ``a_b``)."""
+    modules = dict(model.named_modules())
+    for candidate in (name, name.replace(".", "_")):
+        if candidate in modules:
+            return candidate
+    raise ValueError(f"cannot find the last feature stage {name!r} in {type(model).__name__}")
+
+
+class CrackClassifierNet(nn.Module):
+    """Backbone → global average pooling → Linear(C, ``hidden_features``) → ReLU → Linear(·, 2).
+
+    Takes normalised images of any size (a ResNet50 maps 32×32 to a 1×1 feature map: fine) and returns
+    ``{"logits": (B, 2)}``; class 1 is "crack". Set ``hidden_features`` to 0 for a single linear layer.
+
+    Args:
+        backbone: timm model name (``resnet50`` in the paper; ``resnet101``, ``resnet152``,
+            ``efficientnet_lite0``, ... work).
+        weights: backbone weights: ``"hub"``, ``"offline"`` (EfficientNet-Lite0 only), ``"auto"``, a
+            weights file or None (random); see :func:`~crackseg.models.backbones.create_backbone`.
+        hidden_features: width of the hidden dense layer (1000 in the reference code).
+        num_classes: output classes (2: no crack / crack).
+        dropout: dropout before each dense layer (0 in the reference code).
+
+    Attributes:
+        backbone: the timm feature network (last level only).
+        target_layer: the module whose output is the last convolutional feature map (B, C, h, w), for
+            Grad-CAM++ forward / backward hooks (a property: ``backbone``'s module ``target_layer_name``).
+        channels: C, the channels of that map.
+        reduction: its stride relative to the input (32 for ResNets and EfficientNets).
+        stride: 1: the network takes any input size, so the Lightning module never pads.
+    """
+
+    def __init__(self, backbone: str = "resnet50", weights: str | None = "auto", hidden_features: int = 1000,
+                 num_classes: int = 2, dropout: float = 0.0) -> None:
+        super().__init__()
+        if hidden_features < 0:
+            raise ValueError(f"model.init_args.hidden_features must be >= 0, got {hidden_features}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"model.init_args.dropout must be in [0, 1), got {dropout}")
+        level = last_feature_level(backbone)
+        self.backbone = create_backbone(backbone, out_indices=[level], weights=weights)
+        self.weights_source: str = self.backbone.weights_source
+        self.channels = int(self.backbone.feature_info.channels()[-1])
+        self.reduction = int(self.backbone.feature_info.reduction()[-1])
+        # a name, not a second reference to the module: the state dict keeps one copy of its weights
+        self.target_layer_name = _module_name(self.backbone, self.backbone.feature_info.module_name()[-1])
+        self.stride = 1
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        layers: list[nn.Module] = [nn.Flatten(1)]
+        width = self.channels
+        if hidden_features:
+            layers += [nn.Dropout(dropout), nn.Linear(width, hidden_features), nn.ReLU(inplace=True)]
+            width = hidden_features
+        layers += [nn.Dropout(dropout), nn.Linear(width, num_classes)]
+        self.head = nn.Sequential(*layers)
+
+    @property
+    def target_layer(self) -> nn.Module:
+        """The module whose output is the last convolutional feature map (e.g. ResNet ``layer4``)."""
+        return self.backbone.get_submodule(self.target_layer_name)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The last convolutional feature map (B, C, h, w) of normalised images (the output of ``target_layer``)."""
+        return self.backbone(x)[-1]
+
+    def classify(self, features: Tensor) -> Tensor:
+        """(B, num_classes) logits from a last feature map."""
+        return self.head(self.pool(features))
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """``{"logits": (B, num_classes)}`` for normalised images (B, 3, H, W) of any size."""
+        return {"logits": self.classify(self.features(x))}
