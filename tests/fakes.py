@@ -13,8 +13,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+from lightning import LightningModule
 from PIL import Image
 from scipy.io import savemat
+from torch import nn
 
 Size = tuple[int, int]  # (height, width)
 
@@ -238,3 +241,63 @@ def make_folder(root: Path, n: int = 6, size: Size = (48, 64), image_dir: str = 
         if mask_dir is not None:
             write_image(root / mask_dir / f"img_{i}.png", mask)
     return root
+
+
+# -- a tiny crack classifier with the CrackClassifier interface (pseudo-label tests) ----------------------------
+
+
+
+class TinyCrackClassifierNet(nn.Module):
+    """A hand-set "dark thin line" detector with the interface of ``CrackClassifierNet``.
+
+    ``target_layer`` (the feature map of Grad-CAM++) is the darkness contrast of each pixel against its 5 x 5
+    mean, rectified and average-pooled ``pool`` x ``pool``; the logits are ``[0, gain * mean - bias]``, so a
+    patch or image holding a dark line gets a crack probability near 1 and a plain one well below 0.5.
+    """
+
+    def __init__(self, pool: int = 16, gain: float = 400.0, bias: float = 2.0) -> None:
+        super().__init__()
+        contrast = nn.Conv2d(3, 1, 5, padding=2, padding_mode="replicate")
+        with torch.no_grad():
+            kernel = torch.full((5, 5), 1.0 / 25.0)
+            kernel[2, 2] -= 1.0  # neighbourhood mean minus the pixel: > 0 on dark pixels
+            contrast.weight.copy_(kernel.expand(1, 3, 5, 5) / 3.0)
+            contrast.bias.fill_(-0.1)
+        self.target_layer = nn.Sequential(contrast, nn.ReLU(), nn.AvgPool2d(pool, ceil_mode=True))
+        self.head = nn.Linear(1, 2)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([[0.0], [gain]]))
+            self.head.bias.copy_(torch.tensor([0.0, -bias]))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.target_layer(x)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.head(self.features(x).mean(dim=(2, 3)))}
+
+
+class TinyCrackClassifier(LightningModule):
+    """Stand-in for ``crackseg.lightning_modules.classifier.CrackClassifier``: ``net``, ``normalize``,
+    ``crack_probability`` and ``load_from_checkpoint``."""
+
+    def __init__(self, pool: int = 16, gain: float = 400.0, bias: float = 2.0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = TinyCrackClassifierNet(pool, gain, bias)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return images * 2.0 - 1.0
+
+    @torch.no_grad()
+    def crack_probability(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(images))["logits"].softmax(dim=1)[:, 1]
+
+
+def save_lightning_checkpoint(module: LightningModule, path: Path) -> Path:
+    """Write ``module`` as a Lightning checkpoint (state dict + hyper-parameters) without a Trainer."""
+    import lightning
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": lightning.__version__, "epoch": 0, "global_step": 0}, path)
+    return path

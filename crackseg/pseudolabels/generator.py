@@ -1,0 +1,385 @@
+"""König et al.'s pseudo-label generator: localisation with a crack classifier, patch thresholding, merging.
+
+Steps (paper §III-B–D, parameters §IV-C, :class:`~crackseg.pseudolabels.config.PseudoLabelConfig`):
+
+a) **patch map**: the image (RGB / 255) is mirror-padded at its bottom and right to a multiple of the patch size
+   (32), cut into 32 x 32 patches at stride 16, each classified (softmax crack probability); the probabilities
+   of the overlapping patches are averaged over each 16 x 16 cell, and the cell map is upsampled to the image
+   with Lanczos (``cv2.INTER_LANCZOS4``), clipped to [0, 1];
+b) **GradCAM++** of the last convolutional feature map (``net.target_layer``) for the crack class on the whole
+   image, divided by its maximum, upsampled the same way;
+c) **localisation**: ``(a + b) / 2``, values <= 0.5 set to 0, grey erosion 3 x 3, 4 iterations;
+d) **thresholding**: bilateral filter (d = 2, sigma_color = sigma_space = 120) of the RGB image, grey level,
+   mirror padding to a multiple of 32, 32 x 32 patches at stride 8, each min-max normalised and split by
+   3-class multi-Otsu; a pixel is crack when it lies below the lowest threshold in *every* patch covering it;
+e) **merge**: ``c x d`` (a confidence map), quantised to 0–255, bilateral filter again, closing 3 x 3 once:
+   this is the reference code's output (:attr:`PseudoLabel.confidence`); the label is
+   ``confidence / 255 > 0.5``;
+f) a label needs at least 100 crack pixels (:attr:`PseudoLabel.kept`); the paper drops the others.
+
+Two implementations give the same labels:
+
+* :class:`ReferencePseudoLabeler` loops over patches (the classifier sees them in batches) and thresholds each
+  patch with ``skimage.filters.threshold_multiotsu``: plain code, kept as the test oracle;
+* :class:`FastPseudoLabeler` cuts the patches of several images at once with ``Tensor.unfold`` on the device,
+  runs the classifier in large batches, computes GradCAM++ for all images of one size in one pass, finds the
+  multi-Otsu thresholds of all patches at once (:mod:`crackseg.pseudolabels.multiotsu`, bit-exact to
+  scikit-image) and combines the overlapping patches by OR-ing their vetoes per stride-sized cell.
+
+The classifier is anything with the interface of :class:`crackseg.lightning_modules.classifier.CrackClassifier`
+(:class:`CrackClassifierLike`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from crackseg.models.gradcam import gradcam_plus_plus
+from crackseg.pseudolabels.config import CRACK_CLASS, PseudoLabelConfig
+from crackseg.pseudolabels.multiotsu import patch_crack_masks, reference_patch_crack_mask
+
+__all__ = [
+    "GENERATORS",
+    "CrackClassifierLike",
+    "FastPseudoLabeler",
+    "PseudoLabel",
+    "PseudoLabelGenerator",
+    "ReferencePseudoLabeler",
+    "build_generator",
+    "finish_label",
+    "localisation_map",
+    "pad_bottom_right",
+    "resolve_device",
+    "threshold_input",
+    "upsample",
+]
+
+
+class CrackClassifierLike(Protocol):
+    """What the generator needs of a crack classifier (the interface of ``CrackClassifier``).
+
+    Attributes:
+        net: network with ``forward(x_normalised) -> {"logits": (B, 2)}`` (class 1 = crack) and
+            ``target_layer``, the module whose output is the last convolutional feature map.
+    """
+
+    net: nn.Module
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """RGB in [0, 1] -> network input."""
+        ...
+
+    def crack_probability(self, images: Tensor) -> Tensor:
+        """Softmax crack probability ``(B,)`` of RGB images in [0, 1], without gradients."""
+        ...
+
+
+@dataclass
+class PseudoLabel:
+    """The pseudo label of one image.
+
+    Attributes:
+        label: ``(H, W)`` uint8 in {0, 1}.
+        confidence: ``(H, W)`` uint8 0–255, the map before binarisation (the reference code's output).
+        crack_pixels: number of crack pixels of ``label``.
+        kept: ``crack_pixels >= min_crack_pixels`` (rule f).
+        stages: with ``keep_stages``: ``patch_map``, ``cam``, ``localisation`` (float32 (H, W)) and
+            ``threshold_mask`` (bool (H, W)).
+    """
+
+    label: np.ndarray
+    confidence: np.ndarray
+    crack_pixels: int
+    kept: bool
+    stages: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU; anything else as ``torch.device``."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pad_bottom_right(array: np.ndarray, multiple: int) -> np.ndarray:
+    """Mirror-pad (``numpy`` ``reflect``: the edge pixel is not repeated) the bottom and right of an
+    ``(H, W[, C])`` array to the next multiple of ``multiple`` (the reference code's padding)."""
+    pad_h, pad_w = -array.shape[0] % multiple, -array.shape[1] % multiple
+    if not pad_h and not pad_w:
+        return array
+    return np.pad(array, [(0, pad_h), (0, pad_w)] + [(0, 0)] * (array.ndim - 2), mode="reflect")
+
+
+def upsample(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Lanczos (``cv2.INTER_LANCZOS4``) resize of a float map to ``size`` = (height, width), clipped to [0, 1]."""
+    resized = cv2.resize(np.ascontiguousarray(values, np.float32), (size[1], size[0]),
+                         interpolation=cv2.INTER_LANCZOS4)
+    return np.clip(resized, 0.0, 1.0)
+
+
+def threshold_input(image: np.ndarray, config: PseudoLabelConfig) -> np.ndarray:
+    """The grey image that is thresholded: bilateral filter of the RGB image, then RGB -> grey (uint8)."""
+    filtered = cv2.bilateralFilter(image, config.bilateral_diameter, config.bilateral_sigma_color,
+                                   config.bilateral_sigma_space)
+    return cv2.cvtColor(filtered, cv2.COLOR_RGB2GRAY)
+
+
+def localisation_map(patch_map: np.ndarray, cam: np.ndarray, config: PseudoLabelConfig) -> np.ndarray:
+    """Step c: ``(patch_map + cam) / 2``, values <= ``localisation_threshold`` set to 0, grey erosion."""
+    merged = ((patch_map + cam) / 2.0).astype(np.float32)
+    merged[merged <= config.localisation_threshold] = 0.0
+    if config.erosion_iterations:
+        kernel = np.ones((config.morph_kernel, config.morph_kernel), np.uint8)
+        merged = cv2.erode(merged, kernel, iterations=config.erosion_iterations)
+    return merged
+
+
+def finish_label(localisation: np.ndarray, crack_mask: np.ndarray, config: PseudoLabelConfig) -> PseudoLabel:
+    """Steps e–f: localisation x threshold mask, bilateral filter, closing, binarisation, the 100-pixel rule."""
+    merged = localisation * crack_mask.astype(np.float32)
+    confidence = np.clip(np.rint(merged * 255.0), 0, 255).astype(np.uint8)
+    confidence = cv2.bilateralFilter(confidence, config.bilateral_diameter, config.bilateral_sigma_color,
+                                     config.bilateral_sigma_space)
+    if config.closing_iterations:
+        kernel = np.ones((config.morph_kernel, config.morph_kernel), np.uint8)
+        confidence = cv2.morphologyEx(confidence, cv2.MORPH_CLOSE, kernel, iterations=config.closing_iterations)
+    label = (confidence > config.label_threshold * 255.0).astype(np.uint8)
+    crack_pixels = int(label.sum())
+    return PseudoLabel(label, confidence, crack_pixels, crack_pixels >= config.min_crack_pixels)
+
+
+def _to_tensor(image: np.ndarray, device: torch.device) -> Tensor:
+    """RGB uint8 (H, W, 3) -> float (1, 3, H, W) in [0, 1] (``/ 255`` as the reference code)."""
+    if not image.flags.writeable or not image.flags.c_contiguous:  # torch.from_numpy wants writable memory
+        image = np.array(image, order="C")
+    return torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float().div_(255.0)
+
+
+class PseudoLabelGenerator:
+    """Base of both implementations: checks, GradCAM++ and the per-image steps c, e, f they share.
+
+    Args:
+        classifier: a trained crack classifier (:class:`CrackClassifierLike`); it is moved to ``device`` and
+            put in eval mode.
+        config: the method's parameters (paper defaults).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        batch_size: patches per classifier forward pass.
+    """
+
+    name = "base"
+
+    def __init__(self, classifier: CrackClassifierLike, config: PseudoLabelConfig | None = None,
+                 device: str | torch.device = "auto", batch_size: int = 256) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.config = config if config is not None else PseudoLabelConfig()
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.classifier = classifier
+        if isinstance(classifier, nn.Module):
+            classifier.to(self.device)
+            classifier.eval()
+
+    # -- shared ---------------------------------------------------------------------------------
+    def check_image(self, image: np.ndarray) -> np.ndarray:
+        """An RGB uint8 (H, W, 3) image with both sides >= the patch size, or a ValueError."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"images must be RGB uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        if min(image.shape[:2]) < self.config.patch_size:
+            raise ValueError(f"image of {image.shape[1]}x{image.shape[0]} px is smaller than the "
+                             f"{self.config.patch_size}-px patches of the method")
+        if not image.flags.writeable or not image.flags.c_contiguous:  # torch.from_numpy wants writable memory
+            image = np.array(image, order="C")
+        return image
+
+    def _cam_class(self) -> int | None:
+        return CRACK_CLASS if self.config.cam_class == "crack" else None
+
+    def _cam_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """GradCAM++ of same-size images in one pass, upsampled to the image size."""
+        batch = torch.cat([_to_tensor(image, self.device) for image in images])
+        maps = gradcam_plus_plus(self.classifier.net, self.classifier.normalize(batch), self._cam_class())
+        size = images[0].shape[:2]
+        return [upsample(cam, size) for cam in maps.cpu().numpy()]
+
+    def __call__(self, images: Sequence[np.ndarray], keep_stages: bool = False) -> list[PseudoLabel]:
+        """Pseudo labels of RGB uint8 images (any sizes >= the patch size)."""
+        images = [self.check_image(image) for image in images]
+        if not images:
+            return []
+        patch_maps = self.patch_maps(images)
+        cams = self.cams(images)
+        masks = self.threshold_masks(images)
+        labels = []
+        for patch_map, cam, mask in zip(patch_maps, cams, masks, strict=True):
+            localisation = localisation_map(patch_map, cam, self.config)
+            label = finish_label(localisation, mask, self.config)
+            if keep_stages:
+                label.stages = {"patch_map": patch_map, "cam": cam, "localisation": localisation,
+                                "threshold_mask": mask}
+            labels.append(label)
+        return labels
+
+    # -- per implementation ---------------------------------------------------------------------
+    def patch_maps(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Step a: (H, W) float32 crack-probability maps."""
+        raise NotImplementedError
+
+    def cams(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Step b: (H, W) float32 GradCAM++ maps in [0, 1]."""
+        raise NotImplementedError
+
+    def threshold_masks(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Step d: (H, W) bool masks of the pixels dark in every patch covering them."""
+        raise NotImplementedError
+
+
+class ReferencePseudoLabeler(PseudoLabelGenerator):
+    """Plain per-patch loops with scikit-image and OpenCV, written to be read (and as the test oracle)."""
+
+    name = "reference"
+
+    def patch_maps(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        cfg = self.config
+        size, stride = cfg.patch_size, cfg.classifier_stride
+        maps = []
+        for image in images:
+            padded = pad_bottom_right(image, size)
+            rows = range(0, padded.shape[0] - size + 1, stride)
+            cols = range(0, padded.shape[1] - size + 1, stride)
+            patches = [padded[top:top + size, left:left + size] for top in rows for left in cols]
+            probabilities = []
+            for start in range(0, len(patches), self.batch_size):
+                batch = torch.cat([_to_tensor(p, self.device) for p in patches[start:start + self.batch_size]])
+                with torch.no_grad():
+                    probabilities.append(self.classifier.crack_probability(batch).float().cpu())
+            grid = torch.cat(probabilities).numpy().reshape(len(rows), len(cols))
+            if cfg.patch_merge == "grid":
+                maps.append(upsample(grid, image.shape[:2]))
+                continue
+            # average the overlapping patches over each stride x stride cell
+            per_cell = size // stride
+            sums = np.zeros((padded.shape[0] // stride, padded.shape[1] // stride), np.float64)
+            counts = np.zeros_like(sums)
+            for i in range(len(rows)):
+                for j in range(len(cols)):
+                    sums[i:i + per_cell, j:j + per_cell] += grid[i, j]
+                    counts[i:i + per_cell, j:j + per_cell] += 1
+            cells = (sums / counts).astype(np.float32)
+            maps.append(upsample(cells, padded.shape[:2])[:image.shape[0], :image.shape[1]])
+        return maps
+
+    def cams(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [self._cam_batch([image])[0] for image in images]
+
+    def threshold_masks(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        size, stride = self.config.patch_size, self.config.threshold_stride
+        masks = []
+        for image in images:
+            grey = pad_bottom_right(threshold_input(image, self.config), size)
+            crack = np.ones(grey.shape, bool)
+            for top in range(0, grey.shape[0] - size + 1, stride):
+                for left in range(0, grey.shape[1] - size + 1, stride):
+                    window = (slice(top, top + size), slice(left, left + size))
+                    crack[window] &= reference_patch_crack_mask(grey[window])
+            masks.append(crack[:image.shape[0], :image.shape[1]])
+        return masks
+
+
+class FastPseudoLabeler(PseudoLabelGenerator):
+    """Batched and vectorised on the device: the same labels as :class:`ReferencePseudoLabeler`, faster."""
+
+    name = "fast"
+
+    def _padded(self, image: np.ndarray) -> Tensor:
+        """(1, 3, Ph, Pw) float in [0, 1], mirror-padded at the bottom and right on the device."""
+        tensor = _to_tensor(image, self.device)
+        size = self.config.patch_size
+        pad_h, pad_w = -image.shape[0] % size, -image.shape[1] % size
+        return F.pad(tensor, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else tensor
+
+    def patch_maps(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        cfg = self.config
+        size, stride = cfg.patch_size, cfg.classifier_stride
+        patches, grids = [], []
+        for image in images:
+            windows = self._padded(image).unfold(2, size, stride).unfold(3, size, stride)  # 1, 3, gh, gw, s, s
+            grids.append((windows.shape[2], windows.shape[3]))
+            patches.append(windows[0].permute(1, 2, 0, 3, 4).reshape(-1, 3, size, size))
+        stacked = torch.cat(patches)
+        with torch.no_grad():
+            probabilities = torch.cat([self.classifier.crack_probability(stacked[start:start + self.batch_size])
+                                       for start in range(0, stacked.shape[0], self.batch_size)])
+        probabilities = probabilities.float().cpu().numpy()
+        maps, offset = [], 0
+        per_cell = size // stride
+        for image, (gh, gw) in zip(images, grids, strict=True):
+            grid = probabilities[offset:offset + gh * gw].reshape(gh, gw)
+            offset += gh * gw
+            if cfg.patch_merge == "grid":
+                maps.append(upsample(grid, image.shape[:2]))
+                continue
+            # each cell sums the patches covering it: per_cell^2 shifted copies of the grid
+            sums = np.zeros((gh + per_cell - 1, gw + per_cell - 1), np.float64)
+            counts = np.zeros_like(sums)
+            for di in range(per_cell):
+                for dj in range(per_cell):
+                    sums[di:di + gh, dj:dj + gw] += grid
+                    counts[di:di + gh, dj:dj + gw] += 1
+            cells = (sums / counts).astype(np.float32)
+            padded_size = ((gh + per_cell - 1) * stride, (gw + per_cell - 1) * stride)
+            maps.append(upsample(cells, padded_size)[:image.shape[0], :image.shape[1]])
+        return maps
+
+    def cams(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(images):
+            by_size.setdefault(image.shape[:2], []).append(index)
+        cams: list[np.ndarray | None] = [None] * len(images)
+        for indices in by_size.values():
+            for index, cam in zip(indices, self._cam_batch([images[i] for i in indices]), strict=True):
+                cams[index] = cam
+        return cams  # type: ignore[return-value]
+
+    def threshold_masks(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        size, stride = self.config.patch_size, self.config.threshold_stride
+        per_cell = size // stride
+        greys = [pad_bottom_right(threshold_input(image, self.config), size) for image in images]
+        patches = [torch.from_numpy(grey).to(self.device).unfold(0, size, stride).unfold(1, size, stride)
+                   for grey in greys]  # gh, gw, size, size
+        crack = patch_crack_masks(torch.cat([block.reshape(-1, size * size) for block in patches]))
+        masks, offset = [], 0
+        for image, block in zip(images, patches, strict=True):
+            gh, gw = block.shape[:2]
+            # AND over the overlapping patches, counted per stride x stride cell: a patch's (bi, bj) block lies
+            # on cell (i + bi, j + bj); a cell pixel is vetoed when any patch covering it is not crack there
+            not_crack = ~crack[offset:offset + gh * gw].view(gh, gw, per_cell, stride, per_cell, stride)
+            offset += gh * gw
+            veto = torch.zeros(gh + per_cell - 1, gw + per_cell - 1, stride, stride, dtype=torch.bool,
+                               device=self.device)
+            for bi in range(per_cell):
+                for bj in range(per_cell):
+                    veto[bi:bi + gh, bj:bj + gw] |= not_crack[:, :, bi, :, bj, :]
+            mask = ~veto.permute(0, 2, 1, 3).reshape(veto.shape[0] * stride, veto.shape[1] * stride)
+            masks.append(mask[:image.shape[0], :image.shape[1]].cpu().numpy())
+        return masks
+
+
+GENERATORS: dict[str, type[PseudoLabelGenerator]] = {"fast": FastPseudoLabeler, "reference": ReferencePseudoLabeler}
+
+
+def build_generator(name: Literal["fast", "reference"], classifier: CrackClassifierLike,
+                    config: PseudoLabelConfig | None = None, device: str | torch.device = "auto",
+                    batch_size: int = 256) -> PseudoLabelGenerator:
+    """The generator called ``name`` (``"fast"`` or ``"reference"``)."""
+    if name not in GENERATORS:
+        raise ValueError(f"unknown pseudo-label generator {name!r}: choose one of {sorted(GENERATORS)}")
+    return GENERATORS[name](classifier, config, device, batch_size)

@@ -1,0 +1,357 @@
+"""Weakly supervised pseudo labels (crackseg.pseudolabels): multi-Otsu, GradCAM++, fast vs reference, the CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.filters import threshold_multiotsu
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fakes  # noqa: E402
+
+from crackseg.cli import main  # noqa: E402
+from crackseg.data.io import DataError, read_mask  # noqa: E402
+from crackseg.data.synthetic import generate_sample  # noqa: E402
+from crackseg.datamodules import DeepCrackDataModule  # noqa: E402
+from crackseg.pseudolabels import (  # noqa: E402
+    CheckpointError,
+    FastPseudoLabeler,
+    PseudoLabelConfig,
+    ReferencePseudoLabeler,
+    gradcam_plus_plus,
+    load_classifier,
+    multiotsu_thresholds,
+    patch_crack_masks,
+    reference_patch_crack_mask,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+STANDIN = "fakes.TinyCrackClassifier"
+
+
+def random_patches(rng: np.random.Generator, n: int, size: int = 32) -> np.ndarray:
+    """Grey patches of many kinds: noise, a dark line on noise, few levels, flat, two and three levels."""
+    patches = []
+    for i in range(n):
+        kind = i % 7
+        if kind == 0:
+            patch = rng.integers(0, 256, (size, size))
+        elif kind == 1:
+            patch = np.clip(rng.integers(40, 220) + rng.normal(0, rng.uniform(0.3, 20), (size, size)), 0, 255)
+            patch[int(rng.integers(0, size)), :] = rng.integers(0, 60)
+        elif kind == 2:
+            patch = rng.choice(rng.integers(0, 256, int(rng.integers(4, 9))), (size, size))
+        elif kind == 3:
+            patch = np.full((size, size), rng.integers(0, 256))
+        elif kind == 4:
+            levels = rng.integers(0, 256, 2)
+            patch = np.where(rng.random((size, size)) < rng.uniform(0.05, 0.95), levels[0], levels[1])
+        elif kind == 5:
+            patch = rng.choice(rng.choice(256, 3, replace=False), (size, size))
+        else:  # a narrow range: few levels, bins far apart
+            patch = rng.integers(100, 100 + int(rng.integers(2, 12)), (size, size))
+        patches.append(patch.astype(np.uint8))
+    return np.stack(patches)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def synthetic_images() -> list[np.ndarray]:
+    """Synthetic crack photographs of several sizes (not all multiples of 32), one crack-free."""
+    sizes = [(64, 96), (72, 104), (64, 96), (96, 80), (64, 64)]
+    images = [generate_sample(seed, size, crack=seed != 4, width_range=(1.0, 3.0))[0]
+              for seed, size in enumerate(sizes)]
+    rng = np.random.default_rng(3)
+    images += [fakes.crack_pair(rng, (70, 90))[0] for _ in range(2)]
+    return images
+
+
+# -- multi-Otsu -------------------------------------------------------------------------------------------------
+
+def test_vectorised_multiotsu_equals_skimage_on_random_patches() -> None:
+    """Thresholds (both of them) and crack pixels equal scikit-image's, patch for patch."""
+    patches = random_patches(np.random.default_rng(0), 700)
+    flat = torch.from_numpy(patches.reshape(len(patches), -1))
+    fast = patch_crack_masks(flat).numpy().reshape(patches.shape)
+    reference = np.stack([reference_patch_crack_mask(p) for p in patches])
+    assert np.array_equal(fast, reference)
+
+    # the thresholds themselves: bin centres of the normalised patch
+    values = flat.to(torch.int32)
+    low = values.amin(dim=1, keepdim=True)
+    spread = (values.amax(dim=1, keepdim=True) - low).clamp(min=1)
+    bins = torch.clamp((values - low) * 256 // spread, max=255)
+    hist = torch.stack([torch.bincount(row, minlength=256) for row in bins])
+    thresholds, valid = multiotsu_thresholds(hist)
+    checked = 0
+    for patch, index, ok in zip(patches, thresholds.numpy(), valid.numpy(), strict=True):
+        x = patch.astype(np.float64)
+        if x.max() == x.min():
+            assert not ok
+            continue
+        x = (x - x.min()) / (x.max() - x.min())
+        try:
+            expected = threshold_multiotsu(x, classes=3)
+        except ValueError:
+            assert not ok
+            continue
+        assert ok
+        assert np.array_equal((2 * index + 1) / 512, expected)
+        checked += 1
+    assert checked > 450
+
+
+def test_vectorised_multiotsu_equals_skimage_on_random_histograms() -> None:
+    """The ``hist=`` path: counts as given (float weights too), leading / trailing empty bins trimmed."""
+    rng = np.random.default_rng(1)
+    hists = []
+    for i in range(1500):
+        nbins = int(rng.integers(3, 48))
+        counts = rng.integers(0, 9, nbins) * (rng.random(nbins) < rng.uniform(0.15, 1.0))
+        if i % 3 == 1:
+            counts = counts * rng.random(nbins)  # arbitrary float32 weights: the sums must run in skimage's order
+        if i % 3 == 2:
+            counts = counts * 1e-3
+        hists.append(np.pad(counts, (int(rng.integers(0, 3)), 0))[:48])
+    width = max(len(h) for h in hists)
+    table = np.stack([np.pad(h, (0, width - len(h))) for h in hists]).astype(np.float32)
+    thresholds, valid = multiotsu_thresholds(torch.from_numpy(table), normalize=False)
+    n_valid = 0
+    for hist, index, ok in zip(table, thresholds.numpy(), valid.numpy(), strict=True):
+        try:
+            expected = threshold_multiotsu(hist=hist.copy(), classes=3)
+        except ValueError:
+            assert not ok
+            continue
+        assert ok and tuple(index) == tuple(expected), (hist, index, expected)
+        n_valid += 1
+    assert n_valid > 1000
+
+
+def test_few_grey_levels_follow_skimage_or_mark_nothing() -> None:
+    """Flat and two-level patches: scikit-image raises, so no crack pixel; three levels: the darkest level."""
+    flat = np.full((32, 32), 120, np.uint8)
+    two = np.where(np.arange(1024).reshape(32, 32) % 5 == 0, 30, 200).astype(np.uint8)
+    three = two.copy()
+    three[:, :4] = 90
+    with pytest.raises(ValueError):
+        threshold_multiotsu(two.astype(float), classes=3)
+    masks = patch_crack_masks(torch.from_numpy(np.stack([flat, two, three]).reshape(3, -1))).numpy()
+    assert not masks[0].any() and not masks[1].any()
+    assert np.array_equal(masks[2].reshape(32, 32), three == 30)
+    assert np.array_equal(masks[2].reshape(32, 32), reference_patch_crack_mask(three))
+    assert not reference_patch_crack_mask(flat).any() and not reference_patch_crack_mask(two).any()
+
+
+# -- GradCAM++ --------------------------------------------------------------------------------------------------
+
+def test_gradcam_is_batched_normalised_and_side_effect_free() -> None:
+    classifier = fakes.TinyCrackClassifier(pool=8)
+    net = classifier.net.eval()
+    images = torch.stack([torch.from_numpy(fakes.crack_pair(np.random.default_rng(i), (64, 96))[0]) for i in range(3)])
+    inputs = classifier.normalize(images.permute(0, 3, 1, 2).float() / 255)
+    with torch.inference_mode():  # works inside inference mode too
+        batched = gradcam_plus_plus(net, inputs, class_index=1)
+    single = torch.cat([gradcam_plus_plus(net, inputs[i:i + 1], class_index=1) for i in range(3)])
+    assert batched.shape == (3, 8, 12)
+    assert torch.allclose(batched, single, atol=1e-6)
+    assert torch.allclose(batched.amax(dim=(1, 2)), torch.ones(3))
+    assert all(p.requires_grad for p in net.parameters())
+    # one channel and a linear head: GradCAM++ is the rectified feature map, up to its maximum
+    features = net.features(inputs).detach()[:, 0]
+    assert torch.allclose(batched, features / features.amax(dim=(1, 2), keepdim=True), atol=1e-5)
+    # the arg-max class of a crack image is the crack class; the no-crack class has a negative gradient: zero map
+    assert torch.allclose(gradcam_plus_plus(net, inputs, None), batched)
+    assert float(gradcam_plus_plus(net, inputs, 0).abs().max()) == 0.0
+
+
+# -- generators -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("config", [
+    PseudoLabelConfig(min_crack_pixels=20),
+    PseudoLabelConfig(patch_merge="grid", cam_class="argmax", bilateral_diameter=5, min_crack_pixels=20),
+], ids=["paper", "reference-code"])
+def test_fast_generator_agrees_with_reference(config: PseudoLabelConfig) -> None:
+    """Every stage and the labels agree (IoU >= 0.99; in practice identical) on synthetic crack images."""
+    images = synthetic_images()
+    classifier = fakes.TinyCrackClassifier()
+    fast = FastPseudoLabeler(classifier, config, "cpu", batch_size=64)(images, keep_stages=True)
+    reference = ReferencePseudoLabeler(classifier, config, "cpu", batch_size=16)(images, keep_stages=True)
+    for a, b, image in zip(fast, reference, images, strict=True):
+        assert a.label.shape == image.shape[:2] and a.label.dtype == np.uint8
+        for stage in ("patch_map", "cam", "localisation"):
+            np.testing.assert_allclose(a.stages[stage], b.stages[stage], atol=1e-5)
+        assert np.array_equal(a.stages["threshold_mask"], b.stages["threshold_mask"])
+        assert np.abs(a.confidence.astype(int) - b.confidence.astype(int)).max() <= 1
+        assert iou(a.label, b.label) >= 0.99
+        assert a.kept == b.kept
+
+
+def test_labels_find_the_cracks_and_rule_f_drops_empty_ones() -> None:
+    rng = np.random.default_rng(0)
+    pairs = [fakes.crack_pair(rng, (64, 96)) for _ in range(6)]
+    blank = fakes.crack_pair(rng, (64, 96), crack=False)[0]
+    labels = FastPseudoLabeler(fakes.TinyCrackClassifier(), device="cpu")([p[0] for p in pairs] + [blank])
+    scores = [iou(label.label, mask > 0) for label, (_, mask) in zip(labels, pairs, strict=False)]
+    assert np.mean(scores) > 0.6, scores
+    assert labels[-1].crack_pixels < 100 and not labels[-1].kept
+    assert set(np.unique(labels[0].label)) <= {0, 1}
+    assert all(label.kept == (label.crack_pixels >= 100) for label in labels)
+
+
+def test_config_and_input_checks() -> None:
+    with pytest.raises(ValueError, match="threshold_stride"):
+        PseudoLabelConfig(threshold_stride=5)
+    with pytest.raises(ValueError, match="below_min"):
+        PseudoLabelConfig(below_min="drop")  # type: ignore[arg-type]
+    generator = FastPseudoLabeler(fakes.TinyCrackClassifier(), device="cpu")
+    with pytest.raises(ValueError, match="smaller than"):
+        generator([np.zeros((20, 64, 3), np.uint8)])
+    with pytest.raises(ValueError, match="RGB uint8"):
+        generator([np.zeros((64, 64), np.uint8)])
+
+
+# -- the command ------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    return fakes.make_deepcrack(tmp_path / "src", n_train=5, n_test=2, size=(64, 96))
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    return fakes.save_lightning_checkpoint(fakes.TinyCrackClassifier(), tmp_path / "classifier.ckpt")
+
+
+def pseudo_label(source: Path, checkpoint: Path, out: Path, *extra: str) -> dict:
+    return main(["pseudo-label", "--ckpt_path", str(checkpoint), "--data.class_path", "DeepCrackDataModule",
+                 "--data.init_args.root", str(source), "--out", str(out), "--classifier_class", STANDIN,
+                 "--device", "cpu", "--progress", "false", "--params.min_crack_pixels", "60", *extra])
+
+
+def test_pseudo_label_command_writes_a_deepcrack_dataset(source: Path, checkpoint: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    report = pseudo_label(source, checkpoint, out)
+    assert report["images"] == 5  # train + held-out validation images of the source
+    written = sorted(p.stem for p in (out / "train_img").glob("*.jpg"))
+    assert written == sorted(p.stem for p in (out / "train_lab").glob("*.png"))
+    assert len(written) == report["labelled"] == 5 - report["below_min_crack_pixels"] >= 3
+    for stem in written:
+        label = np.asarray(Image.open(out / "train_lab" / f"{stem}.png"))
+        assert set(np.unique(label)) <= {0, 255} and (label > 0).sum() >= 60
+        assert (out / "train_img" / f"{stem}.jpg").read_bytes() == (source / "train_img" / f"{stem}.jpg").read_bytes()
+    for mask in sorted((source / "test_lab").glob("*.png")):  # the real test masks
+        assert np.array_equal(read_mask(out / "test_lab" / mask.name), read_mask(mask))
+    quality = json.loads((out / "quality.json").read_text())
+    assert quality["quality"]["kept"]["images"] == report["labelled"]
+    for key in ("ods", "ois", "ap", "precision", "recall", "f1", "iou"):
+        assert 0.0 <= quality["quality"]["all"][key] <= 1.0
+    assert quality["quality"]["kept"]["iou"] > 0.5 and quality["images_per_second"] > 0
+    assert '"quality"' in capsys.readouterr().out
+
+    data = DeepCrackDataModule(root=out, crop_size=32, val_fraction=0.25)
+    data.setup("fit")
+    data.setup("test")
+    assert len(data.datasets["train"]) + len(data.datasets["val"]) == len(written)
+    assert len(data.datasets["test"]) == 2
+    batch = next(iter(data.train_dataloader()))
+    assert batch["mask"].shape[-2:] == (32, 32)
+
+
+def test_overwrite_protection_and_semi_supervised_mode(source: Path, checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    pseudo_label(source, checkpoint, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        pseudo_label(source, checkpoint, out, "--include_test", "true")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing touched
+    (out / "train_img" / "stale.jpg").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")
+    # a fit-style config: its data section is used, model / trainer are ignored
+    config = tmp_path / "fit.yaml"
+    config.write_text(f"seed_everything: 0\ntrainer:\n  max_epochs: 3\nmodel:\n  class_path: UNet\n"
+                      f"data:\n  class_path: DeepCrackDataModule\n  init_args:\n    root: {source}\n")
+    report = main(["pseudo-label", "--config", str(config), "--ckpt_path", str(checkpoint), "--out", str(out),
+                   "--classifier_class", STANDIN, "--device", "cpu", "--progress", "false",
+                   "--params.min_crack_pixels", "60", "--include_test", "true", "--overwrite", "true"])
+    assert report["images"] == 7
+    assert not (out / "train_img" / "stale.jpg").exists() and (out / "notes.txt").read_text() == "mine"
+    stems = {p.stem for p in (out / "train_img").iterdir()}
+    assert any(stem.startswith("test") for stem in stems)
+    assert len(stems) == report["labelled"]
+    DeepCrackDataModule(root=out, crop_size=32).setup("fit")
+
+
+def test_clear_errors(source: Path, checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        pseudo_label(source, tmp_path / "missing.ckpt", tmp_path / "a")
+    from crackseg.lightning_modules import UNet
+
+    other = fakes.save_lightning_checkpoint(UNet(base_channels=4, depth=2), tmp_path / "unet.ckpt")
+    with pytest.raises(CheckpointError, match="not a TinyCrackClassifier checkpoint"):
+        load_classifier(other, fakes.TinyCrackClassifier)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a TinyCrackClassifier checkpoint"):
+        load_classifier(garbage, STANDIN)
+    for mask in (source / "test_lab").glob("*.png"):
+        mask.unlink()
+    for image in (source / "test_img").glob("*.jpg"):
+        image.unlink()
+    with pytest.raises(DataError, match="test split .* is empty"):
+        pseudo_label(source, checkpoint, tmp_path / "b", "--split", "test")
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match="holds the source file"):
+        pseudo_label(source, checkpoint, source.parent, "--overwrite", "true")
+
+
+def test_crackseg_help_mentions_pseudo_label(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    assert "pseudo-label" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["pseudo-label", "--help"])
+    assert exc.value.code == 0
+    assert "--params.bilateral_diameter" in capsys.readouterr().out
+
+
+def test_real_crack_classifier_checkpoint(source: Path, tmp_path: Path) -> None:
+    """The command with its default class, CrackClassifier (random ResNet-18), and GradCAM++ equal to its own."""
+    classifier_module = pytest.importorskip("crackseg.lightning_modules.classifier")
+    torch.manual_seed(0)
+    module = classifier_module.CrackClassifier(backbone="resnet18", weights=None, hidden_features=8)
+    ckpt = fakes.save_lightning_checkpoint(module, tmp_path / "real.ckpt")
+    out = tmp_path / "out"
+    report = main(["pseudo-label", "--ckpt_path", str(ckpt), "--data.class_path", "DeepCrackDataModule",
+                   "--data.init_args.root", str(source), "--out", str(out), "--device", "cpu", "--progress", "false",
+                   "--params.below_min", "empty"])
+    assert report["labelled"] == 5 and report["quality"]["all"]["images"] == 5
+    DeepCrackDataModule(root=out, crop_size=32).setup("fit")
+
+    classifier = load_classifier(ckpt)
+    images = synthetic_images()[:3]
+    config = PseudoLabelConfig(min_crack_pixels=0)
+    fast = FastPseudoLabeler(classifier, config, "cpu")(images, keep_stages=True)
+    reference = ReferencePseudoLabeler(classifier, config, "cpu")(images, keep_stages=True)
+    for a, b in zip(fast, reference, strict=True):
+        np.testing.assert_allclose(a.stages["patch_map"], b.stages["patch_map"], atol=1e-5)
+        assert iou(a.label, b.label) >= 0.99
+    # the classifier's own Grad-CAM++ (map logger) is the same function, resized to the image
+    image = torch.from_numpy(images[0]).permute(2, 0, 1)[None].float() / 255
+    classifier.eval()
+    cam = gradcam_plus_plus(classifier.net, classifier.normalize(image), 1)[:, None]
+    expected = torch.nn.functional.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)
+    assert torch.allclose(classifier.gradcam(image), expected.clamp(0, 1), atol=1e-6)
