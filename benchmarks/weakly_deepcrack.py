@@ -100,7 +100,9 @@ def run(args: argparse.Namespace) -> str:
                             str(labels), "--overwrite", "true", "--progress", "false"])
     quality = (report.get("quality") or {}).get("kept") or {}
     quality_all = (report.get("quality") or {}).get("all") or {}
+    torch.set_num_threads(args.speed_threads)
     speed = generator_speed(checkpoint, root, args.speed_images, args.speed_runs)
+    torch.set_num_threads(os.cpu_count() or 1)
 
     # 3. U-Net on the real masks (FSV) and on the pseudo labels (WSV)
     unet = {}
@@ -159,7 +161,7 @@ images/s). ODS = OIS for binary labels; the 0–255 confidence maps give ODS / O
 
 Generator speed: the whole pipeline (patch classification, GradCAM++, thresholding, merging) with the trained
 classifier on the first {args.speed_images} training images ({speed['width']}×{speed['height']}), median of
-{args.speed_runs} runs after a warm-up, on this machine's CPU.
+{args.speed_runs} runs after a warm-up, on this machine's CPU with {args.speed_threads} torch thread(s).
 
 U-Net (`configs/weakly/unet_{{fsv,wsv}}_deepcrack.yaml`, base width {args.unet_width} instead of the paper's 64 to fit
 a 2-core CPU; BCE, SGD lr 1e-3 ÷10 every 10 epochs, batch 4 of 256² crops), trained on the real masks (FSV) or on
@@ -189,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit-batches", dest="limit_batches", default=None, help="trainer batch limits (smoke)")
     parser.add_argument("--speed-images", dest="speed_images", type=int, default=8)
     parser.add_argument("--speed-runs", dest="speed_runs", type=int, default=3)
+    parser.add_argument("--speed-threads", dest="speed_threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads while timing the generators")
     parser.add_argument("--no-write", dest="no_write", action="store_true", help="print only, leave RESULTS.md")
     run(parser.parse_args(argv))
 
