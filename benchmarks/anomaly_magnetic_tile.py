@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
-import os
 import statistics
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 import yaml
 
 import crackseg.lightning_modules as modules
-from benchmarks.common import REPO, SHARED_DATA, RunResult, commit, fit_and_test, machine, write_section
+from benchmarks.common import REPO, SHARED_DATA, RunResult, commit, fit_and_test, machine, usable_cores, write_section
 
 CONFIGS = {"SkipAE": "configs/skipae/magnetic_tile.yaml", "DFR": "configs/dfr/magnetic_tile.yaml",
            "VAEGradCAM": "configs/vae_gradcam/magnetic_tile.yaml"}
@@ -81,7 +80,7 @@ def fmt(value: float | None, scale: float = 100.0, digits: int = 1) -> str:
 
 def timing_only(args: argparse.Namespace) -> str:
     """Re-measure the inference times of checkpoints an earlier run left in ``--workdir`` (on a quiet machine)."""
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cores())
     device = "cuda" if args.accelerator in ("gpu", "cuda") else "cpu"
     rows = []
     for name in args.methods:
@@ -136,7 +135,7 @@ def run(args: argparse.Namespace) -> str:
         result: RunResult = fit_and_test(config, Path(args.workdir) / name, overrides + own,
                                          max_time_minutes=args.minutes, max_epochs=epochs)
         checkpoint = Path(args.workdir) / name / "checkpoints" / "best.ckpt"
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(usable_cores())
         ms = {bs: inference_ms(checkpoint, name, bs, runs=args.timing_runs, device=device) for bs in (1, 32)}
         results[name] = result
         m = result.metrics

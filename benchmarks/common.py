@@ -43,9 +43,19 @@ class RunResult:
         return 1000 * self.test_seconds / max(self.n_test, 1)
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (``taskset`` / cgroup affinity), not the machine's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def machine() -> str:
     """One line describing where the run happened."""
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+    cores = usable_cores()
+    pinned = f" (this run pinned to {cores})" if cores != (os.cpu_count() or cores) else ""
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores{pinned}, "
             f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, "
             f"torch {torch.__version__}")
 
@@ -81,7 +91,7 @@ def fit_and_test(config: Path, workdir: Path, overrides: list[str], max_time_min
     if max_time_minutes is not None:
         minutes = int(round(max_time_minutes))
         limits.append(f"--trainer.max_time=00:{minutes // 60:02d}:{minutes % 60:02d}:00")
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cores())
     start = time.perf_counter()
     cli = main(["fit", *common, *limits])
     train_seconds = time.perf_counter() - start

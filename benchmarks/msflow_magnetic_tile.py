@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
-import os
 import statistics
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.common import REPO, SHARED_DATA, RunResult, commit, fit_and_test, machine, write_section
+from benchmarks.common import REPO, SHARED_DATA, RunResult, commit, fit_and_test, machine, usable_cores, write_section
 from crackseg.lightning_modules import ExtractorPretraining, MSFlow
 
 CONFIGS = REPO / "configs" / "msflow"
@@ -109,7 +108,7 @@ def run(args: argparse.Namespace) -> str:
                                         max_time_minutes=args.minutes, max_epochs=args.epochs or config_epochs(config))
         print(variant, {k: v for k, v in results[variant].metrics.items() if k.startswith("test/")}, flush=True)
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cores())
     flow_speed = train_images_per_second(MSFlow(backbone="efficientnet_lite0", weights=None,
                                                 normalization="symmetric"), steps=args.timing_steps)
     unet_speed = train_images_per_second(ExtractorPretraining(backbone="efficientnet_lite0", weights=None,

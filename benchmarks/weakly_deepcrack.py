@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
-import os
 import statistics
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.common import REPO, SHARED_DATA, commit, fit_and_test, machine, write_section
+from benchmarks.common import REPO, SHARED_DATA, commit, fit_and_test, machine, usable_cores, write_section
 from crackseg.cli import main as crackseg_main
 from crackseg.data.io import read_image
 from crackseg.datamodules import DeepCrackDataModule
@@ -83,7 +82,7 @@ def run(args: argparse.Namespace) -> str:
     workdir.mkdir(parents=True, exist_ok=True)
     limits = [] if args.limit_batches is None else [f"--trainer.limit_{s}_batches={args.limit_batches}"
                                                     for s in ("train", "val", "test")]
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cores())
 
     # 1. classifier on 128² windows
     config = CONFIGS / "classifier_deepcrack.yaml"
@@ -102,7 +101,7 @@ def run(args: argparse.Namespace) -> str:
     quality_all = (report.get("quality") or {}).get("all") or {}
     torch.set_num_threads(args.speed_threads)
     speed = generator_speed(checkpoint, root, args.speed_images, args.speed_runs)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cores())
 
     # 3. U-Net on the real masks (FSV) and on the pseudo labels (WSV)
     unet = {}
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit-batches", dest="limit_batches", default=None, help="trainer batch limits (smoke)")
     parser.add_argument("--speed-images", dest="speed_images", type=int, default=8)
     parser.add_argument("--speed-runs", dest="speed_runs", type=int, default=3)
-    parser.add_argument("--speed-threads", dest="speed_threads", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--speed-threads", dest="speed_threads", type=int, default=usable_cores(),
                         help="torch threads while timing the generators")
     parser.add_argument("--no-write", dest="no_write", action="store_true", help="print only, leave RESULTS.md")
     run(parser.parse_args(argv))
