@@ -96,7 +96,8 @@ def timing_only(args: argparse.Namespace) -> str:
 Command: `python -m benchmarks.anomaly_magnetic_tile --timing-only --methods {' '.join(args.methods)}`; date
 {dt.date.today().isoformat()}; machine: {machine()} ({device}); commit {commit()}. Forward + anomaly map + image score,
 eval mode, `torch.no_grad`, random 256² inputs, median of {args.timing_runs} timed runs after 2 warm-up runs, with
-{usable_cores()} usable core(s) and as many torch threads. Paper: Tang et al. 2022, Table 4, RTX 2080 Ti, ResNeXt101 (SkipAE) / VGG19 (DFR).
+{usable_cores()} usable core(s) and as many torch threads. Paper: Tang et al. 2022, Table 4, RTX 2080 Ti,
+ResNeXt101 (SkipAE) / VGG19 (DFR).
 
 | method | extractor | ms/img batch 1 | ms/img batch 32 | paper ms/img |
 |---|---|---|---|---|
