@@ -18,6 +18,9 @@ crack images.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
+import io
 import os
 import platform
 import statistics
@@ -25,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -204,13 +208,40 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS)
     parser.add_argument("--agreement_images", type=int, default=0,
                         help="also check fast vs reference on this many CrackForest + DeepCrack images")
+    parser.add_argument("--write", action="store_true",
+                        help="record the printed tables as the section pseudo_label_speed of benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.models:
-        run(args.models, args.images, args.runs, args.reference_runs, args.device, args.batch_size)
-    if args.agreement_images:
-        agreement(args.agreement_images, args.device, args.batch_size)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, printed)):
+        if args.models:
+            run(args.models, args.images, args.runs, args.reference_runs, args.device, args.batch_size)
+        if args.agreement_images:
+            agreement(args.agreement_images, args.device, args.batch_size)
+    if args.write:
+        from benchmarks.common import commit, write_section
+
+        command = "python benchmarks/pseudo_label_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_section("pseudo_label_speed", f"## Pseudo-label generator speed (random-weight classifiers)\n\n"
+                                            f"Command: `{command}`; date {datetime.date.today().isoformat()}; "
+                                            f"commit {commit()}.\n\n{printed.getvalue().replace('# ', '', 1)}")
+
+
+class _Tee(io.TextIOBase):
+    """Writes to several streams (the console and a buffer)."""
+
+    def __init__(self, *streams: Any) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
 
 
 if __name__ == "__main__":
