@@ -317,3 +317,17 @@ def test_step_lr_schedule_decays_every_n_epochs(tmp_path: Path) -> None:
     assert record.lrs == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-5])
     with pytest.raises(ValueError, match="model.init_args.lr_step_epochs"):
         UNet(base_channels=2, depth=1, lr_schedule="step", lr_step_epochs=0)
+
+
+def test_segmentation_datamodules_take_the_noise_augmentation(tmp_path: Path) -> None:
+    """§IV-E: the segmentation networks train with the classifier's noise augmentation (training split only)."""
+    root = make_deepcrack(tmp_path / "dc")
+    data = DeepCrackDataModule(root, crop_size=32, gauss_noise_std=0.01, multiplicative_noise=0.25)
+    data.setup("fit")
+    names = repr(data.datasets["train"].transform)
+    assert "GaussNoise" in names and "MultiplicativeNoise" in names
+    assert "GaussNoise" not in repr(data.datasets["val"].transform)
+    batch = next(iter(data.train_dataloader()))
+    assert batch["image"].shape[-2:] == (32, 32)
+    with pytest.raises(ValueError, match="data.init_args.gauss_noise_std"):
+        DeepCrackDataModule(root, gauss_noise_std=-0.1)

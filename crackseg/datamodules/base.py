@@ -63,6 +63,10 @@ class CrackDataModule(LightningDataModule):
         synthetic_probability: probability that an image of a synthetic split receives an anomaly.
             The MSFlow pre-training paper does not give it; 0.5 as in DRAEM (Zavrtanik et al. 2021).
         synthetic_splits: the splits that receive synthetic anomalies, among ``train`` and ``val``.
+        gauss_noise_std: training Gaussian noise (largest standard deviation as a fraction of the intensity
+            range; 0 = off), as König et al. add to their segmentation training (§IV-E).
+        multiplicative_noise: training multiplicative noise strength (factors in [1 - m, 1 + m]; 0 = off);
+            with both noises on, one of them is applied per image.
     """
 
     def __init__(
@@ -85,6 +89,8 @@ class CrackDataModule(LightningDataModule):
         synthetic_anomalies: AnomalySynthesizer | None = None,
         synthetic_probability: float = 0.5,
         synthetic_splits: Sequence[str] = ("train", "val"),
+        gauss_noise_std: float = 0.0,
+        multiplicative_noise: float = 0.0,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -125,6 +131,11 @@ class CrackDataModule(LightningDataModule):
         self.synthetic_anomalies = synthetic_anomalies
         self.synthetic_probability = synthetic_probability
         self.synthetic_splits = tuple(synthetic_splits)
+        for name, value in (("gauss_noise_std", gauss_noise_std), ("multiplicative_noise", multiplicative_noise)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"data.init_args.{name} must be in [0, 1), got {value}")
+        self.gauss_noise_std = gauss_noise_std
+        self.multiplicative_noise = multiplicative_noise
         self.datasets: dict[str, CrackDataset] = {}
 
     # -- to implement -------------------------------------------------------------------------
@@ -229,7 +240,8 @@ class CrackDataModule(LightningDataModule):
 
     def _dataset(self, samples: Sequence[Sample], split: str) -> CrackDataset:
         transform = build_transform(split == "train", self.crop_size, self.image_size, self.rotate_limit,
-                                    self.flip, self.color_jitter)
+                                    self.flip, self.color_jitter, gauss_noise_std=self.gauss_noise_std,
+                                    multiplicative_noise=self.multiplicative_noise)
         if self.synthetic_anomalies is None or split not in self.synthetic_splits:
             return CrackDataset(samples, transform, self.mask_threshold)
         self.synthetic_anomalies.prepare()  # before loaders fork their workers
