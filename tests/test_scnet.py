@@ -247,12 +247,6 @@ def test_images_without_mask_are_left_out_of_the_loss() -> None:
     assert float(model.compute_loss(outputs, batch)["loss"]) != pytest.approx(float(alone), rel=1e-5)
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def test_cli_fast_dev_run_with_maps(workdir: Path) -> None:
     """configs/scnet/synthetic.yaml, shrunk; the map logger receives P^i, attention and Grad-CAM panels."""
     cli = main(["fit", "--config", str(CONFIGS / "synthetic.yaml"), "--data.init_args.root", str(workdir / "data"),

@@ -247,12 +247,6 @@ def test_predict_step_enables_gradients_locally() -> None:
 
 
 # -- command line ----------------------------------------------------------------------------------
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 QUIET = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]
 
 

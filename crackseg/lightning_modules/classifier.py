@@ -19,7 +19,6 @@ cross-entropy (the reference code's binary cross-entropy on the two softmax outp
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Literal
 
 import torch
@@ -27,7 +26,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from crackseg.lightning_modules.base import CrackSegModule
-from crackseg.models.backbones import OFFLINE_NORMALIZATION
+from crackseg.models.backbones import warn_offline_normalization
 from crackseg.models.classifier import CrackClassifierNet
 from crackseg.models.gradcam import gradcam_plus_plus
 
@@ -90,10 +89,7 @@ class CrackClassifier(CrackSegModule):
     ) -> None:
         super().__init__(normalization=normalization, optimizer=optimizer, lr=lr, momentum=momentum,
                          weight_decay=weight_decay, lr_schedule=lr_schedule, lr_gamma=lr_gamma, **kwargs)
-        if self.net.weights_source == "offline" and normalization != OFFLINE_NORMALIZATION:
-            warnings.warn(f"the offline EfficientNet-Lite0 weights were trained on RGB in [-1, 1]: set "
-                          f"model.init_args.normalization: {OFFLINE_NORMALIZATION} (got {normalization!r})",
-                          stacklevel=2)
+        warn_offline_normalization(self.net.weights_source, normalization)
 
     def configure_models(self) -> None:
         """The classifier network (``self.net``), built from the hyper-parameters."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import random
-import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -31,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from crackseg.lightning_modules.base import CrackSegModule
-from crackseg.models.backbones import OFFLINE_NORMALIZATION
+from crackseg.models.backbones import warn_offline_normalization
 from crackseg.models.feature_ae import (
     VGG19_DFR_LAYERS,
     DFRModel,
@@ -99,9 +98,7 @@ class FeatureReconstruction(CrackSegModule):
                              f"of them, the other null (got blocks={blocks}, layers={layers})")
         super().__init__(normalization=normalization, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                          **kwargs)
-        if self.net.extractor.weights_source == "offline" and normalization != OFFLINE_NORMALIZATION:
-            warnings.warn(f"the offline EfficientNet-Lite0 weights were trained on RGB in [-1, 1]: set "
-                          f"model.normalization: {OFFLINE_NORMALIZATION} (got {normalization!r})", stacklevel=2)
+        warn_offline_normalization(self.net.extractor.weights_source, normalization)
 
     # -- networks -------------------------------------------------------------------------------
     def configure_models(self) -> None:

@@ -17,13 +17,14 @@ Two commands (Table I's "with pre-training" columns)::
 
 Paper settings (§III-B1): Adam, lr 1e-4 (MVTec) / 1e-6 (Crack500, and every run with a pre-trained
 extractor), ×1/3 at 70 % and 90 % of training, 100 epochs, batch 8, 512² inputs; pre-training 400 epochs
-with the same implementation. From the reference code: gradient-norm clipping at 2, top-k image score.
+with the same implementation. From the reference code: gradient-norm clipping at 2, top-k image score. Not
+reproduced: the reference code's linear learning-rate warm-up (from 0.3× over its first 3 of 25 meta-epochs),
+which the paper does not mention; ``lr_schedule`` offers the paper's two decays only.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -34,16 +35,10 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from crackseg.lightning_modules.base import CrackSegModule
-from crackseg.models.backbones import OFFLINE_NORMALIZATION, load_backbone_weights, read_state_dict
+from crackseg.models.backbones import load_backbone_weights, read_state_dict, warn_offline_normalization
 from crackseg.models.msflow import MSFlowModel, PretrainUNet
 
 __all__ = ["MSFlow", "ExtractorPretraining", "check_extractor_checkpoint"]
-
-
-def _warn_offline_normalization(weights_source: str, normalization: str) -> None:
-    if weights_source == "offline" and normalization != OFFLINE_NORMALIZATION:
-        warnings.warn(f"the offline EfficientNet-Lite0 weights were trained on RGB in [-1, 1]: set "
-                      f"model.normalization: {OFFLINE_NORMALIZATION} (got {normalization!r})", stacklevel=3)
 
 
 def check_extractor_checkpoint(path: str | Path, backbone: str, stages: Sequence[int], normalization: str) -> None:
@@ -109,7 +104,7 @@ class ExtractorPretraining(CrackSegModule):
             raise ValueError(f"model.pos_weight must be > 0, got {pos_weight}")
         super().__init__(normalization=normalization, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                          lr_schedule=lr_schedule, lr_milestones=lr_milestones, lr_gamma=lr_gamma, **kwargs)
-        _warn_offline_normalization(self.net.weights_source, normalization)
+        warn_offline_normalization(self.net.weights_source, normalization)
 
     def configure_models(self) -> None:
         hp = self.hparams
@@ -204,7 +199,7 @@ class MSFlow(CrackSegModule):
         super().__init__(normalization=normalization, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                          lr_schedule=lr_schedule, lr_milestones=lr_milestones, lr_gamma=lr_gamma, **kwargs)
         if extractor_checkpoint is None:
-            _warn_offline_normalization(self.net.weights_source, normalization)
+            warn_offline_normalization(self.net.weights_source, normalization)
 
     # -- networks -------------------------------------------------------------------------------
     def configure_models(self) -> None:

@@ -9,7 +9,6 @@ et al.'s weakly supervised comparison with their papers' defaults, so configs na
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -19,7 +18,7 @@ from torch import Tensor, nn
 from crackseg.lightning_modules.base import CrackSegModule
 from crackseg.losses import combined_loss, parse_loss
 from crackseg.models import DeepCrackLiuModel, DeepCrackZouModel, OEDModel, UNetModel
-from crackseg.models.backbones import OFFLINE_NORMALIZATION
+from crackseg.models.backbones import warn_offline_normalization
 from crackseg.models.oed import OED_DECODER_CHANNELS
 
 
@@ -188,7 +187,4 @@ class OED(SupervisedSegmentation):
                              f"decoder block above full resolution), got {list(side_weights)}")
         super().__init__(net=net, loss=loss, side_weights=side_weights, normalization=normalization,
                          optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, **kwargs)
-        if net.weights_source == "offline" and normalization != OFFLINE_NORMALIZATION:
-            warnings.warn(f"the offline EfficientNet-Lite0 weights were trained on RGB in [-1, 1]: set "
-                          f"model.init_args.normalization: {OFFLINE_NORMALIZATION} (got {normalization!r})",
-                          stacklevel=2)
+        warn_offline_normalization(net.weights_source, normalization)

