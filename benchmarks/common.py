@@ -88,9 +88,9 @@ def fit_and_test(config: Path, workdir: Path, overrides: list[str], max_time_min
               *overrides, f"--trainer.default_root_dir={workdir}", "--trainer.logger=CSVLogger",
               f"--trainer.logger.save_dir={workdir}", "--trainer.enable_progress_bar=false"]
     limits = [f"--trainer.max_epochs={max_epochs or 100000}"]
-    if max_time_minutes is not None:
-        minutes = int(round(max_time_minutes))
-        limits.append(f"--trainer.max_time=00:{minutes // 60:02d}:{minutes % 60:02d}:00")
+    if max_time_minutes is not None:  # DD:HH:MM:SS, to the second (fractions of a minute allowed)
+        seconds = max(1, int(round(max_time_minutes * 60)))
+        limits.append(f"--trainer.max_time=00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}")
     torch.set_num_threads(usable_cores())
     start = time.perf_counter()
     cli = main(["fit", *common, *limits])
@@ -107,12 +107,13 @@ def fit_and_test(config: Path, workdir: Path, overrides: list[str], max_time_min
                      n_train, len(cli.datamodule.datasets["test"]), train_seconds, test_seconds, out_dir)
 
 
-def write_section(name: str, text: str) -> None:
-    """Replace (or append) the section ``name`` of RESULTS.md between its markers."""
+def write_section(name: str, text: str, results: Path | None = None) -> None:
+    """Replace (or append) the section ``name`` of ``results`` (default: RESULTS.md) between its markers."""
+    results = RESULTS if results is None else Path(results)
     begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
     header = "# Benchmark results\n\nWritten by the scripts in `benchmarks/`; no figure is typed by hand.\n"
-    old = RESULTS.read_text() if RESULTS.exists() else header
+    old = results.read_text() if results.exists() else header
     block = f"{begin}\n{text.rstrip()}\n{end}"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     new = pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(new)
+    results.write_text(new)

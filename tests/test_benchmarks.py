@@ -1,0 +1,59 @@
+"""The benchmark runner's smoke suite: every method gets a row of measured figures; --write touches only its section."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmarks import run as bench
+from benchmarks.common import RESULTS, write_section
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_smoke_suite_rows_and_section(workdir: Path) -> None:
+    results = workdir / "RESULTS.md"
+    if RESULTS.is_file():
+        shutil.copy(RESULTS, results)
+    else:
+        results.write_text("# Benchmark results\n")
+    write_section("other_section", "## Someone else's table\n\n| a |\n|---|\n| 1 |", results=results)
+    write_section("run_smoke", "stale text of an earlier run", results=results)
+    before = results.read_text()
+
+    text, rows, peers = bench.main(["--suite", "smoke", "--workdir", str(workdir / "runs"), "--results", str(results),
+                                    "--write", "--no-peers"])
+
+    assert peers == []
+    assert [r.method.split(" ")[0] for r in rows] == list(bench.METHODS)
+    for row in rows:
+        expected = set(bench.METRICS["Weakly" if row.method.startswith("Weakly") else row.method])
+        assert set(row.metrics) == expected, row.method
+        for name, value in row.metrics.items():
+            assert math.isfinite(value) and 0.0 <= value <= 1.0, (row.method, name, value)
+        for value in (row.train_images_per_second, row.ms_b1, row.ms_b32, row.peak_memory_mb):
+            assert math.isfinite(value) and value > 0, row
+    # the markdown table: one line per method, every figure column numeric
+    lines = [line for line in text.splitlines() if line.startswith("| ") and "synthetic" in line]
+    assert len(lines) == len(bench.METHODS)
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert re.search(r"\d+\.\d", cells[2]), line  # metrics
+        for cell in cells[5:9]:  # img/s, ms b1, ms b32, MiB
+            float(cell)
+    assert "anomalib" in text  # the peer table says why it is empty
+
+    after = results.read_text()
+    section = re.compile(r"<!-- begin run_smoke -->.*?<!-- end run_smoke -->", re.S)
+    assert section.sub("", after) == section.sub("", before)  # everything else untouched
+    assert "stale text" not in after and text.strip() in after
+    assert after.count("<!-- begin run_smoke -->") == 1
+
+
+def test_unknown_method_is_refused(workdir: Path) -> None:
+    with pytest.raises(SystemExit):
+        bench.main(["--suite", "smoke", "--methods", "NoSuchMethod", "--workdir", str(workdir)])
