@@ -46,7 +46,7 @@ def inference_ms(checkpoint: Path, class_name: str, batch_size: int, runs: int =
     cls = getattr(modules, class_name)
     # the checkpoint holds the extractor's weights: no need to fetch them again
     kwargs = {"weights": None} if issubclass(cls, modules.FeatureReconstruction) else {}
-    model = cls.load_from_checkpoint(checkpoint, map_location=device, **kwargs)
+    model = cls.load_from_checkpoint(checkpoint, map_location=device, weights_only=True, **kwargs)
     model.eval()
     images = torch.rand(batch_size, 3, size, size, device=device)
     times = []

@@ -18,6 +18,7 @@ A dataset can also put synthetic anomalies (:mod:`crackseg.data.anomalies`) on i
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,6 +100,21 @@ def parse_sample_id(name: str) -> tuple[str, Tile | None]:
     return match["path"], (int(match["row"]), int(match["col"]), int(match["grid"]))
 
 
+def seed_transform(transform: Any) -> None:
+    """Reseed a random albumentations pipeline from torch's generator, before each item.
+
+    Albumentations 2 draws its own seed from the operating system, out of reach of ``seed_everything``, so
+    training augmentations would differ between two seeded runs; drawing the seed from torch's generator
+    (seeded by ``seed_everything``, per DataLoader worker by torch, stored in checkpoints by
+    :class:`~crackseg.checkpoint.RandomStateCheckpoint`) makes them reproducible. One generator is shared by
+    all operations (``Compose.set_random_seed`` would give each the same seed, coupling e.g. the two flips).
+    """
+    if transform is None or not hasattr(transform, "set_random_state"):
+        return
+    seed = int(torch.randint(0, 2**63 - 1, (1,)).item())
+    transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
 def _check_tile_fits(sample: Sample, height: int, width: int) -> None:
     if sample.tile is not None and min(height, width) < sample.tile[2]:
         raise DataError(f"image {sample.image} is {width}x{height}, too small to cut into a "
@@ -157,11 +173,14 @@ class CrackDataset(Dataset):
         synthetic_seed: None draws fresh randomness per call from torch's RNG (so it differs between
             epochs and between DataLoader workers, which torch seeds apart); an int makes the anomaly
             of each index the same on every call (validation).
+        random_transform: the transform is random (training augmentation): reseed it from torch's RNG
+            before each item (:func:`seed_transform`), so seeded runs augment identically.
     """
 
     def __init__(self, samples: Sequence[Sample], transform: Callable[..., dict[str, Any]] | None = None,
                  mask_threshold: int = 127, synthesizer: AnomalySynthesizer | None = None,
-                 synthetic_probability: float = 0.5, synthetic_seed: int | None = None) -> None:
+                 synthetic_probability: float = 0.5, synthetic_seed: int | None = None,
+                 random_transform: bool = False) -> None:
         if not 0.0 <= synthetic_probability <= 1.0:
             raise ValueError(f"synthetic_probability must be in [0, 1], got {synthetic_probability}")
         self.samples = list(samples)
@@ -170,6 +189,7 @@ class CrackDataset(Dataset):
         self.synthesizer = synthesizer
         self.synthetic_probability = synthetic_probability
         self.synthetic_seed = synthetic_seed
+        self.random_transform = random_transform
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -198,6 +218,8 @@ class CrackDataset(Dataset):
             raise DataError(f"synthetic anomalies are put on normal images only, but {sample_id(sample)} is "
                             "defective (label 1 or a non-empty mask)")
         if self.transform is not None:
+            if self.random_transform:
+                seed_transform(self.transform)
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         if self.synthesizer is not None:

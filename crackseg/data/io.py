@@ -118,6 +118,7 @@ def read_cfd_mat(path: str | os.PathLike) -> np.ndarray:
     reading is ``Segmentation == 2``.
     """
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     def unwrap(value: object) -> object:
         # 1x1 cells (object arrays) and 1x1 struct arrays around the value
@@ -131,8 +132,9 @@ def read_cfd_mat(path: str | os.PathLike) -> np.ndarray:
         segmentation = np.asarray(unwrap(unwrap(mat["groundTruth"])["Segmentation"]))
     except FileNotFoundError:
         raise DataError(f"mask file not found: {path}") from None
-    except (KeyError, IndexError, ValueError, TypeError, OSError) as err:
-        raise DataError(f"cannot read CrackForest ground truth {path}: {err}") from None
+    except (KeyError, IndexError, ValueError, TypeError, OSError, MatReadError, NotImplementedError) as err:
+        # MatReadError: truncated or not a .mat file; NotImplementedError: MATLAB v7.3 (HDF5) files
+        raise DataError(f"cannot read CrackForest ground truth {path}: {type(err).__name__}: {err}") from None
     if segmentation.ndim != 2 or segmentation.size == 0:
         raise DataError(f"cannot read CrackForest ground truth {path}: Segmentation has shape "
                         f"{segmentation.shape}, expected (height, width)")

@@ -19,7 +19,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
-from crackseg.data.dataset import CrackDataset, Sample, crop_tile, read_sample_mask, sample_id, tile_box
+from crackseg.data.dataset import (
+    CrackDataset,
+    Sample,
+    crop_tile,
+    read_sample_mask,
+    sample_id,
+    seed_transform,
+    tile_box,
+)
 from crackseg.data.io import DataError, image_size, read_image
 from crackseg.data.transforms import build_transform
 from crackseg.datamodules.base import CrackDataModule, predict_samples
@@ -109,9 +117,11 @@ class PatchDataset(Dataset):
         transform: an albumentations ``Compose`` taking ``image=``, or None.
     """
 
-    def __init__(self, windows: Sequence[Window], transform: A.Compose | None = None) -> None:
+    def __init__(self, windows: Sequence[Window], transform: A.Compose | None = None,
+                 random_transform: bool = False) -> None:
         self.windows = list(windows)
         self.transform = transform
+        self.random_transform = random_transform
         self._cached: tuple[Sample, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -136,6 +146,8 @@ class PatchDataset(Dataset):
             height, width = window.padded or full.shape[:2]
             orig_size = (min(window.size, height - window.top), min(window.size, width - window.left))
         if self.transform is not None:
+            if self.random_transform:
+                seed_transform(self.transform)
             image = self.transform(image=image)["image"]
         image_t = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255.0)
         return {
@@ -304,7 +316,8 @@ class PatchClassificationDataModule(CrackDataModule):
         for split in wanted.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test"):
             self.source.check_samples(splits[split], split)
             windows = self.windows(splits[split], split)
-            self.datasets[split] = PatchDataset(windows, self.transforms[split == "train"])
+            self.datasets[split] = PatchDataset(windows, self.transforms[split == "train"],
+                                                random_transform=split == "train")
             labels = self.datasets[split].labels()
             rank_zero_info(f"{type(self).__name__}: {split}: {len(windows)} "
                            f"{'images' if self.patch_size is None else f'{self.patch_size}px windows'} of "

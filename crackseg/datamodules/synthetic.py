@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from crackseg.data.dataset import Sample
+from crackseg.data.io import DataError
 from crackseg.data.synthetic import generate_split
 from crackseg.datamodules.base import CrackDataModule, Split
 
@@ -74,6 +75,9 @@ class SyntheticCracksDataModule(CrackDataModule):
         return self.root / f"{self.mode}_{h}x{w}_seed{self.seed}"
 
     def prepare_root(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise DataError(f"data.init_args.root {self.root} is a file, not a folder (the synthetic images are "
+                            "generated under it)")
         for split, n in self.counts.items():
             generate_split(self.data_dir, split, n, seed=self.seed, size=self.generate_size,
                            crack_fraction=CRACK_FRACTIONS[self.mode][split], surface=self.surface,

@@ -76,7 +76,7 @@ def load_classifier(ckpt_path: str | os.PathLike, classifier_class: type | str =
         raise CheckpointError(f"classifier checkpoint not found: {path}")
     cls = import_class(classifier_class) if isinstance(classifier_class, str) else classifier_class
     try:
-        module = cls.load_from_checkpoint(str(path), map_location=map_location)
+        module = cls.load_from_checkpoint(str(path), map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001  (unpickling, missing / unexpected keys and arguments all land here)
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path} is not a {cls.__name__} checkpoint ({type(err).__name__}: {reason[:300]})"
