@@ -4,11 +4,20 @@ Both callbacks gather scores during validation (through torchmetrics ``CatMetric
 scores are gathered before the threshold is computed), then write the module's ``pixel_threshold`` /
 ``image_threshold`` buffers: the value is saved in the checkpoint and used by test and predict.
 A ``threshold`` / ``image_threshold`` given to the model on the command line overrides it.
+
+Under DDP every rank holds the same collectors from the start of the epoch and calls the gathering
+collective in the same order, even a rank whose shard had no normal image or no mask, so the ranks never
+wait on one another and all compute the same threshold from the same scores. Pixel scores are subsampled
+with a generator seeded per image (from its path), so the kept pixels do not depend on how the images are
+spread over ranks or batches. Lightning's ``DistributedSampler`` pads the validation split with repeated
+images up to a multiple of the world size; keep its size a multiple of it for exactly the single-process
+threshold.
 """
 
 from __future__ import annotations
 
 import warnings
+import zlib
 from typing import Any, Literal
 
 import torch
@@ -34,6 +43,9 @@ class _ScoreCollector(Callback):
         self.seed = seed
         self._collectors: dict[str, CatMetric] = {}
 
+    #: names of the score collectors a subclass fills, per level ("image" / "pixel").
+    collector_names: dict[str, tuple[str, ...]] = {}
+
     def _collector(self, name: str, device: torch.device) -> CatMetric:
         if name not in self._collectors:
             self._collectors[name] = CatMetric(nan_strategy="disable")
@@ -46,7 +58,18 @@ class _ScoreCollector(Callback):
             return torch.arange(n)
         return torch.randperm(n, generator=generator)[: self.max_pixels_per_image]
 
+    def _image_generator(self, batch: dict[str, Any], index: int, batch_idx: int) -> torch.Generator:
+        """Generator of one image's pixel subsample, seeded from its path (independent of ranks and batches)."""
+        paths = batch.get("path")
+        key = str(paths[index]) if paths is not None else f"{batch_idx}:{index}"
+        return torch.Generator().manual_seed(self.seed + zlib.crc32(key.encode()))
+
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # every collector exists on every rank before any batch, so all ranks gather the same ones
+        for level in ("image", "pixel"):
+            if self.level in (level, "both"):
+                for name in self.collector_names[level]:
+                    self._collector(name, pl_module.device)
         for collector in self._collectors.values():
             collector.reset()
 
@@ -54,11 +77,9 @@ class _ScoreCollector(Callback):
                                 batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if trainer.sanity_checking or not isinstance(outputs, dict):
             return
-        generator = torch.Generator().manual_seed(self.seed + batch_idx)
-        self.collect(pl_module.device, outputs, batch, generator)
+        self.collect(pl_module.device, outputs, batch, batch_idx)
 
-    def collect(self, device: torch.device, outputs: dict[str, Any], batch: dict[str, Any],
-                generator: torch.Generator) -> None:
+    def collect(self, device: torch.device, outputs: dict[str, Any], batch: dict[str, Any], batch_idx: int) -> None:
         """Add the scores of one validation batch."""
         raise NotImplementedError
 
@@ -80,13 +101,14 @@ class _ScoreCollector(Callback):
             threshold, logs = result
             getattr(pl_module, buffer).fill_(threshold)
             for name, value in logs.items():
-                pl_module.log(name, value)
+                pl_module.log(name, value, sync_dist=True)  # equal on every rank (gathered scores)
 
     def _add(self, name: str, values: Tensor, device: torch.device) -> None:
         if values.numel():
             self._collector(name, device).update(values.detach().float().flatten())
 
     def _gathered(self, name: str) -> Tensor | None:
+        """Scores of ``name`` from every rank (a collective under DDP: each rank calls it, in the same order)."""
         collector = self._collectors.get(name)
         if collector is None or not collector.update_count and not _is_distributed():
             return None
@@ -119,17 +141,19 @@ class MeanStdThreshold(_ScoreCollector):
         super().__init__(level, max_pixels_per_image)
         self.k = k
 
-    def collect(self, device: torch.device, outputs: dict[str, Any], batch: dict[str, Any],
-                generator: torch.Generator) -> None:
+    collector_names = {"image": ("image",), "pixel": ("pixel",)}
+
+    def collect(self, device: torch.device, outputs: dict[str, Any], batch: dict[str, Any], batch_idx: int) -> None:
         normal = batch["label"] == 0
         if not normal.any():
             return
         if self.level in ("image", "both"):
             self._add("image", outputs["score"][normal], device)
         if self.level in ("pixel", "both"):
-            for single in outputs["map"][normal]:
-                flat = single.flatten()
-                self._add("pixel", flat[self._subsample(flat, generator).to(flat.device)], device)
+            for index in torch.nonzero(normal).flatten().tolist():
+                flat = outputs["map"][index].flatten()
+                keep = self._subsample(flat, self._image_generator(batch, index, batch_idx))
+                self._add("pixel", flat[keep.to(flat.device)], device)
 
     def calibrate(self, level: str) -> tuple[float, dict[str, float]] | str:
         scores = self._gathered(level)
@@ -154,18 +178,20 @@ class F1Threshold(_ScoreCollector):
     def __init__(self, level: Level = "pixel", max_pixels_per_image: int = 262144) -> None:
         super().__init__(level, max_pixels_per_image)
 
-    def collect(self, device: torch.device, outputs: dict[str, Any], batch: dict[str, Any],
-                generator: torch.Generator) -> None:
+    collector_names = {"image": ("image_score", "image_target"), "pixel": ("pixel_score", "pixel_target")}
+
+    def collect(self, device: torch.device, outputs: dict[str, Any], batch: dict[str, Any], batch_idx: int) -> None:
         if self.level in ("image", "both"):
             known = batch["label"] >= 0
             self._add("image_score", outputs["score"][known], device)
             self._add("image_target", batch["label"][known], device)
         if self.level in ("pixel", "both"):
-            for single, mask, has_mask in zip(outputs["map"], batch["mask"], batch["has_mask"], strict=True):
+            for index, (single, mask, has_mask) in enumerate(
+                    zip(outputs["map"], batch["mask"], batch["has_mask"], strict=True)):
                 if not has_mask:
                     continue
                 flat, target = single.flatten(), mask.flatten()
-                keep = self._subsample(flat, generator).to(flat.device)
+                keep = self._subsample(flat, self._image_generator(batch, index, batch_idx)).to(flat.device)
                 self._add("pixel_score", flat[keep], device)
                 self._add("pixel_target", target[keep], device)
 

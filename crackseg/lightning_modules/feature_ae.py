@@ -38,6 +38,7 @@ from crackseg.models.feature_ae import (
     FeatureExtractor,
     SkipAEModel,
     estimate_latent_dim,
+    latent_dim_from_scatter,
     residual_map,
 )
 
@@ -188,7 +189,9 @@ class DFR(FeatureReconstruction):
     batch's feature vectors), MSE loss, Adam lr 1e-4, 150 epochs, image score = map maximum.
 
     The latent width d is chosen when fitting starts (``setup``, before the optimiser is built) from the
-    first batch of the training loader, broadcast from rank 0 under DDP, and stored both as the
+    first training batch; under DDP from the first batch of every rank (the feature vectors' mean and scatter
+    matrix are summed over the ranks: with an unshuffled, sharded loader this is the first global batch, so 1
+    and N processes with the same global batch choose the same d), broadcast from rank 0, and stored both as the
     hyper-parameter ``latent_dim`` and as the buffer ``net.autoencoder.latent_dim``: a checkpoint
     therefore rebuilds the same network (``load_from_checkpoint``, ``--ckpt_path``).
 
@@ -221,14 +224,28 @@ class DFR(FeatureReconstruction):
     def set_latent_dim(self, latent_dim: int) -> None:
         """(Re)build the AE with latent width ``latent_dim`` and record it as a hyper-parameter."""
         self.hparams.latent_dim = int(latent_dim)
-        autoencoder = DFRModel(self.net.extractor.channels, int(latent_dim), self.hparams.batch_norm)
+        # initialised from the run's seed, not from wherever the global generator stands: Lightning re-seeds
+        # DDP processes before ``setup``, and 1 and N processes must start from the same weights
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(torch.initial_seed())
+            autoencoder = DFRModel(self.net.extractor.channels, int(latent_dim), self.hparams.batch_norm)
         self.net.autoencoder = autoencoder.to(self.input_mean.device)
 
     def fit_latent_dim(self, images: Tensor) -> int:
         """Choose d by PCA of the feature vectors of ``images`` (DFR: the first training batch) and build the AE."""
         with torch.no_grad():
             features = self.extract_features(images.to(self.input_mean.device))
-        latent_dim = estimate_latent_dim(features, self.hparams.pca_variance)
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            latent_dim = estimate_latent_dim(features, self.hparams.pca_variance)
+        else:  # PCA of every rank's vectors: their count, sum and centred scatter matrix reduced over the ranks
+            strategy = trainer.strategy
+            vectors = features.movedim(1, -1).reshape(-1, features.shape[1]).double()
+            count = strategy.reduce(vectors.new_tensor(float(len(vectors))), reduce_op="sum")
+            mean = strategy.reduce(vectors.sum(0), reduce_op="sum") / count
+            centred = vectors - mean
+            scatter = strategy.reduce(centred.T @ centred, reduce_op="sum")
+            latent_dim = latent_dim_from_scatter(scatter, self.hparams.pca_variance)
         self.set_latent_dim(latent_dim)
         return latent_dim
 
@@ -278,6 +295,10 @@ def _first_training_images(trainer: Any) -> Tensor:
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
+    return _batch_images(batch)
+
+
+def _batch_images(batch: Any) -> Tensor:
     if isinstance(batch, dict):
         return batch["image"]
     return batch[0] if isinstance(batch, (list, tuple)) else batch

@@ -124,8 +124,11 @@ class ExtractorPretraining(CrackSegModule):
 class MSFlow(CrackSegModule):
     """MSFlow (Zhou et al. 2024) as used by Marc et al. (2024): flows over a frozen, optionally pre-trained extractor.
 
-    Loss: negative log-likelihood ½Σz² − log|det J| per image, averaged over the batch (the flows run in
-    float32 under mixed precision). Maps (reference code ``post_process``): per scale
+    Loss: negative log-likelihood ½Σz² − log|det J| per image, averaged over the batch. Precision: under
+    ``bf16-mixed`` / ``16-mixed`` only the frozen extractor runs in half precision; the flows (affine coupling
+    with exp / log-determinants) run in float32 with autocast off; the likelihood and the maps are computed
+    from their float32 outputs.
+    Maps (reference code ``post_process``): per scale
     logp = −½·mean_c(z²), upsampled (bilinear, align_corners) to the input;
 
     - ``"add"`` map (pixel AUROC, :meth:`anomaly_map`): Σ_scales exp(logp − max) subtracted from its maximum;

@@ -106,6 +106,10 @@ class VAEGradCAM(CrackSegModule):
     (batch 32 and 300 epochs are in the configs); elsewhere the reference code's (see the module
     docstring for every reading).
 
+    Precision: under ``bf16-mixed`` / ``16-mixed`` only the VAE's convolutions run in half precision; the
+    loss (BCE, KL, the log-barrier ψ_t whose log and t·z terms overflow / lose the constraint in fp16),
+    the Grad-CAM map Σ_k α_k A_k and the maps and scores are computed in fp32 with autocast off.
+
     Args:
         image_size: (height, width) the VAE works at (multiples of 16); inputs of another size are
             resized to it inside the model and maps resized back. 224×224 (reference code; the paper's

@@ -150,13 +150,24 @@ def estimate_latent_dim(features: Tensor, variance: float = 0.9) -> int:
         raise ValueError(f"need at least 2 feature vectors of shape (N, C), got {tuple(vectors.shape)}")
     vectors = vectors.double()
     vectors = vectors - vectors.mean(dim=0)
-    eigenvalues = torch.linalg.eigvalsh(vectors.T @ vectors).flip(0).clamp_min(0)
+    return latent_dim_from_scatter(vectors.T @ vectors, variance)
+
+
+@torch.no_grad()
+def latent_dim_from_scatter(scatter: Tensor, variance: float = 0.9) -> int:
+    """:func:`estimate_latent_dim` from the (C, C) scatter matrix Σ (x − mean)(x − mean)ᵀ of the vectors.
+
+    The scatter matrix is a sum over the vectors, so DDP ranks can add theirs (around the global mean) and
+    get the PCA of every rank's vectors without gathering them.
+    """
+    if not 0 < variance < 1:
+        raise ValueError(f"variance must be in (0, 1), got {variance}")
+    eigenvalues = torch.linalg.eigvalsh(scatter.double()).flip(0).clamp_min(0)
     total = float(eigenvalues.sum())
-    channels = vectors.shape[1]
     if total <= 0:
         return 1
     ratio = eigenvalues.cumsum(0) / total
-    return min(channels, int((ratio <= variance).sum()) + 1)
+    return min(scatter.shape[0], int((ratio <= variance).sum()) + 1)
 
 
 class DFRModel(nn.Module):
