@@ -18,8 +18,7 @@ sources (``weights: hub``, ``extractor_checkpoint``) are skipped: the checkpoint
 
 Exporters (``--exporter``, torch 2.15): ``auto`` (default) tries the dynamo exporter (``torch.export``, needs
 ``onnxscript``) and falls back to the TorchScript tracing exporter (``dynamo=False``). Neither covers every method:
-dynamo is needed for max-unpooling (DeepCrack-Zou, SCNet: the tracing exporter trips over ``max_unpool2d``'s size
-check), MSFlow's adaptive pooling and SCNet's Canny loop, and refuses data-dependent Python control flow instead of
+dynamo is needed for MSFlow's adaptive pooling and SCNet's Canny loop, and refuses data-dependent Python control flow instead of
 freezing it; tracing is needed for the backbones whose taps are forward hooks that stop the network early (OED,
 DFR's VGG19 layers), which ``torch.export`` cannot follow. Two exporter-only substitutions, checked equal to the
 eager code: ``median`` by sorting (ONNX has no median) and SCNet's Canny hysteresis as a ``while_loop`` (an ONNX

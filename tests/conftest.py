@@ -23,3 +23,13 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """``tmp_path`` as the working directory (configs write their ``runs/`` there)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def restore_deterministic_algorithms() -> Iterator[None]:
+    """Undo ``torch.use_deterministic_algorithms`` set by a test's ``Trainer(deterministic=True)`` (a process-wide flag
+    Lightning never resets), so no later test runs under it by accident."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)

@@ -82,10 +82,10 @@ def test_cli_export_dynamic_with_stored_thresholds(workdir: Path, single_thread:
 
 
 #: (factory, image side, exporter): "torchscript" where the tracing exporter works (fast), "auto" (dynamo) where
-#: only torch.export gets through (max-unpooling, SCNet's Canny loop, MSFlow's adaptive pooling)
+#: only torch.export gets through (SCNet's Canny loop, MSFlow's adaptive pooling)
 METHODS: dict[str, tuple[Callable[[], CrackSegModule], int, str]] = {
     "DeepCrackLiu": (lambda: DeepCrackLiu(width_multiplier=0.0625), 40, "torchscript"),
-    "DeepCrackZou": (lambda: DeepCrackZou(width_multiplier=0.0625), 64, "auto"),
+    "DeepCrackZou": (lambda: DeepCrackZou(width_multiplier=0.0625), 64, "torchscript"),
     "OED": (lambda: OED(weights=None, decoder_channels=(16, 8, 8, 8, 8), input_channels=4), 64, "auto"),
     "SCNet": (lambda: SCNet(width_multiplier=0.0625), 64, "auto"),
     "SkipAE": (lambda: SkipAE(backbone="resnet18", blocks=(1, 2), weights=None, base_channels=8, depth=3), 64,

@@ -665,3 +665,23 @@ def test_seeded_deterministic_runs_are_identical(workdir: Path) -> None:
     for key, value in metrics[0].items():  # NaN (an undefined AUROC on a one-class split) equals NaN here
         assert value == metrics[1][key] or (np.isnan(value) and np.isnan(metrics[1][key])), key
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.parametrize("name", ["SCNet", "DeepCrackZou"])
+def test_unpooling_networks_train_under_deterministic_algorithms(name: str) -> None:
+    """``--trainer.deterministic true`` sets ``torch.use_deterministic_algorithms``; torch's ``max_unpool2d`` has no
+    deterministic kernel, so SCNet and DeepCrack-Zou unpool by a scatter (:func:`crackseg.models.ops.max_unpool2d`),
+    which gives the same values and trains under the flag."""
+    from crackseg.models.deepcrack_zou import DeepCrackZouModel
+    from crackseg.models.scnet import SCNetModel
+
+    torch.manual_seed(0)
+    net = SCNetModel(width_multiplier=0.0625) if name == "SCNet" else DeepCrackZouModel(width_multiplier=0.0625)
+    images = torch.rand(2, 4 if name == "SCNet" else 3, 64, 96)  # SCNet: RGB + edge channel
+    torch.use_deterministic_algorithms(True)
+    outputs = [net(images), net(images)]
+    logits = [out["logits"] for out in outputs]
+    loss = logits[0].float().mean()
+    loss.backward()
+    assert torch.equal(logits[0], logits[1])
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)

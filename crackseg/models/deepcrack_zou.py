@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from crackseg.models.ops import max_unpool2d
 from crackseg.models.unet import initialize_convs
 
 __all__ = ["DeepCrackZouModel"]
@@ -78,7 +79,6 @@ class DeepCrackZouModel(nn.Module):
                                 widths[i], batch_norm)
             self.encoders.append(nn.Sequential(*layers))
         self.pool = nn.MaxPool2d(2, 2, return_indices=True)
-        self.unpool = nn.MaxUnpool2d(2, 2)
         decoders: list[nn.Module] = []
         decoder_out: list[int] = []
         channels = widths[-1]  # the decoder starts from the last pooled encoder map
@@ -106,7 +106,7 @@ class DeepCrackZouModel(nn.Module):
             indices.append(index)
         sides: list[Tensor] = [x] * len(self.encoders)
         for i in reversed(range(len(self.decoders))):
-            x = self.decoders[i](self.unpool(x, indices[i], output_size=shapes[i]))
+            x = self.decoders[i](max_unpool2d(x, indices[i], shapes[i][-2:]))
             side = self.sides[i](torch.cat([skips[i], x], dim=1))
             if side.shape[-2:] != size:
                 side = F.interpolate(side, size=size, mode="bilinear", align_corners=False)

@@ -61,6 +61,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from crackseg.models.ops import max_unpool2d
 from crackseg.models.unet import initialize_convs
 
 VGG_BLOCKS = (2, 2, 3, 3, 3)
@@ -225,7 +226,7 @@ class SCNetModel(nn.Module):
         for i in reversed(range(self.levels)):
             if pooling:
                 indices, shape = unpool[i]
-                x = F.max_unpool2d(x, indices, 2, output_size=shape[-2:])
+                x = max_unpool2d(x, indices, shape[-2:])
             decoded[i], x, decoder_maps[i] = self.decoder_attention[i](self.decoder[i](x))
         sides = []
         for i in range(self.levels):

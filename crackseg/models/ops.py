@@ -1,0 +1,26 @@
+"""Small tensor operations shared by several networks."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def max_unpool2d(x: Tensor, indices: Tensor, output_size: tuple[int, int] | torch.Size) -> Tensor:
+    """``F.max_unpool2d`` as a scatter into a zero map of ``output_size`` (H, W).
+
+    Written by hand because torch's ``max_unpool2d`` has no deterministic implementation: under
+    ``--trainer.deterministic true`` (``torch.use_deterministic_algorithms``) it raises, even on the CPU. The
+    indices of a non-overlapping max pool are distinct, so the scatter is exact and deterministic, and its
+    backward is a gather.
+
+    Args:
+        x: (B, C, h, w) pooled values.
+        indices: (B, C, h, w) flat indices into each (H, W) plane, from ``F.max_pool2d(return_indices=True)``.
+        output_size: (H, W) of the map before pooling.
+    """
+    batch, channels = x.shape[:2]
+    height, width = int(output_size[-2]), int(output_size[-1])
+    out = x.new_zeros(batch, channels, height * width)
+    out = out.scatter(2, indices.flatten(2), x.flatten(2))
+    return out.view(batch, channels, height, width)
