@@ -248,4 +248,7 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
         raise DataError(
             f"images of one batch differ in size {sorted(sizes)} ({batch[0]['path']}, ...): set the "
             "datamodule's eval_batch_size to 1 or give an image_size to resize them")
+    if len(batch) == 1:  # no copy: a full-resolution predict image (288 MB at 6000 x 4000) is not duplicated
+        return {key: value.unsqueeze(0) if isinstance(value, torch.Tensor) else default_collate([value])
+                for key, value in batch[0].items()}
     return default_collate(batch)
