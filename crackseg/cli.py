@@ -7,24 +7,61 @@ repeated ``--config`` (trainer and logger fragments). ``crackseg fit --help`` li
 
 ``crackseg pseudo-label --ckpt_path classifier.ckpt --data ... --out DIR`` (not a Lightning subcommand: it is
 dispatched before LightningCLI parses) writes a pseudo-labelled dataset (:mod:`crackseg.pseudolabels`).
+``crackseg export --ckpt_path model.ckpt --out model.onnx`` (dispatched likewise) writes an ONNX graph
+(:mod:`crackseg.export`).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.cli import LightningCLI
+import yaml
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 
 import crackseg
 import crackseg.callbacks  # noqa: F401  (registers callbacks for short class paths)
+from crackseg.checkpoint import (
+    CheckpointError,
+    RandomStateCheckpoint,
+    SafeCheckpointIO,
+    SignalCheckpoint,
+    check_model_class,
+    load_checkpoint,
+)
 from crackseg.datamodules import CrackDataModule
 from crackseg.lightning_modules import CrackSegModule
 
 
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Writes ``config.yaml`` to the log folder (Lightning's behaviour) and gives the loggers the resolved config.
+
+    Every logger receives the whole resolved config (trainer, model, data, callbacks, seed) through
+    ``log_hyperparams`` (W&B: the run's config panel, filterable in the project table); W&B also gets the
+    YAML itself as ``crackseg_config.yaml`` among the run's files (re-runnable with ``crackseg fit --config``).
+    """
+
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        text = self.parser.dump(self.config, skip_none=False)
+        values = yaml.safe_load(text) or {}
+        values.pop("config", None)  # the --config paths, not settings
+        for logger in trainer.loggers:
+            logger.log_hyperparams(values)
+            if isinstance(logger, WandbLogger):  # files in the run folder are uploaded with the run
+                (Path(logger.experiment.dir) / "crackseg_config.yaml").write_text(text)
+
+
 class CrackSegCLI(LightningCLI):
-    """LightningCLI with crackseg's base classes in subclass mode and a ``--version`` flag."""
+    """LightningCLI with crackseg's base classes in subclass mode, a ``--version`` flag and the resolved config
+    logged to the loggers (:class:`LoggerSaveConfigCallback`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
+        super().__init__(*args, **kwargs)
 
     def init_parser(self, **kwargs: Any) -> Any:
         parser = super().init_parser(**kwargs)
@@ -32,21 +69,69 @@ class CrackSegCLI(LightningCLI):
             parser.add_argument("--version", action="version", version=f"crackseg {crackseg.__version__}")
         return parser
 
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """The trainer, with crackseg's reliability defaults added to what the config gives.
+
+        :class:`~crackseg.checkpoint.SafeCheckpointIO` (atomic, finite-only writes; ``weights_only`` loading)
+        unless a CheckpointIO plugin is configured; :class:`~crackseg.checkpoint.SignalCheckpoint` (SIGTERM /
+        SIGUSR1 save ``last.ckpt``) unless checkpointing is off; :class:`~crackseg.checkpoint.RandomStateCheckpoint`
+        (exact resume from epoch-boundary checkpoints).
+        """
+        config = self._get(self.config_init, "trainer", default={})
+        plugins = kwargs.get("plugins", config.get("plugins"))
+        plugins = _as_list(plugins)
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins.append(SafeCheckpointIO())
+        kwargs["plugins"] = plugins
+        callbacks = kwargs.get("callbacks", config.get("callbacks"))
+        callbacks = _as_list(callbacks)
+        defaults = [RandomStateCheckpoint()]
+        if kwargs.get("enable_checkpointing", config.get("enable_checkpointing")) is not False:
+            defaults.append(SignalCheckpoint())
+        callbacks += [c for c in defaults if not any(type(c) is type(given) for given in callbacks)]
+        kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before anything runs: it exists, loads with ``weights_only=True`` and holds
+        the configured model class (Lightning would otherwise switch to the checkpoint's class or fail on its
+        weights)."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc") and "://" not in str(ckpt_path) \
+                and not str(ckpt_path).startswith("registry"):
+            if not Path(ckpt_path).expanduser().is_file():
+                raise CheckpointError(f"checkpoint not found: {ckpt_path} (--ckpt_path)")
+            checkpoint = load_checkpoint(ckpt_path)
+            model = self.config[subcommand].get("model")
+            class_path = getattr(model, "class_path", None) if model is not None else None
+            if class_path:
+                check_model_class(checkpoint, class_path, ckpt_path)
+        super()._parse_ckpt_path()
+
     def predict(self, **kwargs: Any) -> None:
         """Predict without keeping every prediction in memory (the writer callback saves them)."""
         kwargs["return_predictions"] = False
         self.trainer.predict(**kwargs)
 
 
+def _as_list(value: Any) -> list:
+    """A trainer option that may be None, one object or a list, as a new list."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 DESCRIPTION = ("crackseg: crack and surface-defect segmentation and anomaly detection. Besides the Lightning "
                "subcommands below: `crackseg pseudo-label --help` (weakly supervised pseudo labels from a crack "
-               "classifier, written as a DeepCrack-layout dataset).")
+               "classifier, written as a DeepCrack-layout dataset); `crackseg export --help` (a trained model as ONNX, "
+               "with its normalisation and thresholds).")
 
 
 def main(args: Sequence[str] | None = None) -> CrackSegCLI | dict[str, Any] | None:
     """Run the CLI; ``args`` (e.g. ``["fit", "--config", "cfg.yaml"]``) replaces ``sys.argv[1:]``.
 
-    Returns the :class:`CrackSegCLI` (``pseudo-label``: its report, :func:`crackseg.pseudolabels.command.main`).
+    Returns the :class:`CrackSegCLI` (``pseudo-label`` / ``export``: its report).
     Without ``args`` (the ``crackseg`` console script, which hands the return value to ``sys.exit``) it returns
     None, so that a successful run exits with status 0 instead of printing the object and exiting with 1.
     """
@@ -55,6 +140,11 @@ def main(args: Sequence[str] | None = None) -> CrackSegCLI | dict[str, Any] | No
         from crackseg.pseudolabels.command import main as pseudo_label
 
         report = pseudo_label(argv[1:])
+        return report if args is not None else None
+    if argv and argv[0] == "export":
+        from crackseg.export import main as export
+
+        report = export(argv[1:])
         return report if args is not None else None
     cli = CrackSegCLI(
         CrackSegModule,

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from crackseg.data.anomalies import AnomalySynthesizer
 from crackseg.data.dataset import CrackDataset, Sample, collate, read_sample_mask, sample_id
@@ -46,7 +47,9 @@ class CrackDataModule(LightningDataModule):
             1–3 ms per image); ``"header"`` only opens headers (fast, but a file truncated after its
             header fails later, mid-epoch); ``"none"`` skips the checks.
         mask_threshold: grey level above which an image-mask pixel is a crack.
-        predict_path: image file or folder for ``crackseg predict``; None predicts the test split.
+        predict_path: image file or folder for ``crackseg predict``; None predicts the test split. When the
+            model tiles (``model.init_args.predict_tile_size``), predict images are loaded at their size on
+            disk (``image_size`` is ignored) one at a time (``eval_batch_size`` is ignored).
         synthetic_anomalies: a synthetic-anomaly operation (``{class_path: CutPaste}``,
             ``{class_path: PoissonBlend, init_args: {source: {class_path: DeepCrackDataModule, ...}}}``,
             see :mod:`crackseg.data.anomalies`) turning the splits of ``synthetic_splits`` into a
@@ -67,6 +70,9 @@ class CrackDataModule(LightningDataModule):
             range; 0 = off), as König et al. add to their segmentation training (§IV-E).
         multiplicative_noise: training multiplicative noise strength (factors in [1 - m, 1 + m]; 0 = off);
             with both noises on, one of them is applied per image.
+        shuffle: shuffle the training images every epoch (under DDP Lightning's ``DistributedSampler``
+            shuffles, seeded by ``seed_everything``); false reads them in order, under DDP too (process r of
+            N gets images r, r + N, ...: the same global batches with 1 or N processes).
     """
 
     def __init__(
@@ -91,6 +97,7 @@ class CrackDataModule(LightningDataModule):
         synthetic_splits: Sequence[str] = ("train", "val"),
         gauss_noise_std: float = 0.0,
         multiplicative_noise: float = 0.0,
+        shuffle: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -136,6 +143,7 @@ class CrackDataModule(LightningDataModule):
                 raise ValueError(f"data.init_args.{name} must be in [0, 1), got {value}")
         self.gauss_noise_std = gauss_noise_std
         self.multiplicative_noise = multiplicative_noise
+        self.shuffle = shuffle
         self.datasets: dict[str, CrackDataset] = {}
 
     # -- to implement -------------------------------------------------------------------------
@@ -236,33 +244,62 @@ class CrackDataModule(LightningDataModule):
             self.check_samples(splits[split], split)
             self.datasets[split] = self._dataset(splits[split], split)
         if stage == "predict":
-            self.datasets["predict"] = self.datasets["test"]
+            self.datasets["predict"] = (self._dataset(splits["test"], "predict") if self.predict_full_resolution()
+                                        else self.datasets["test"])
+
+    def predict_full_resolution(self) -> bool:
+        """Whether the attached model predicts full-resolution images by tiles (``predict_tile_size``)."""
+        trainer = self.trainer
+        model = trainer.lightning_module if trainer is not None else None
+        return bool(getattr(model, "predict_full_resolution", False))
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Leave a full-resolution predict image on the CPU: the model copies its tiles to the device a batch at
+        a time, so the device never holds the whole image."""
+        trainer = self.trainer
+        if trainer is None or not trainer.predicting or not isinstance(batch, dict) or "image" not in batch \
+                or not self.predict_full_resolution():
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        moved = super().transfer_batch_to_device({k: v for k, v in batch.items() if k != "image"}, device,
+                                                 dataloader_idx)
+        return {**moved, "image": batch["image"]}
 
     def _dataset(self, samples: Sequence[Sample], split: str) -> CrackDataset:
-        transform = build_transform(split == "train", self.crop_size, self.image_size, self.rotate_limit,
+        image_size = None if split == "predict" and self.predict_full_resolution() else self.image_size
+        transform = build_transform(split == "train", self.crop_size, image_size, self.rotate_limit,
                                     self.flip, self.color_jitter, gauss_noise_std=self.gauss_noise_std,
                                     multiplicative_noise=self.multiplicative_noise)
         if self.synthetic_anomalies is None or split not in self.synthetic_splits:
-            return CrackDataset(samples, transform, self.mask_threshold)
+            return CrackDataset(samples, transform, self.mask_threshold, random_transform=split == "train")
         self.synthetic_anomalies.prepare()  # before loaders fork their workers
         return CrackDataset(samples, transform, self.mask_threshold, synthesizer=self.synthetic_anomalies,
                             synthetic_probability=self.synthetic_probability,
-                            synthetic_seed=None if split == "train" else self.seed)
+                            synthetic_seed=None if split == "train" else self.seed, random_transform=split == "train")
 
     # -- loaders ------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        train = split == "train"
+        batch_size = self.batch_size if train else self.eval_batch_size
+        if split == "predict" and self.predict_full_resolution():
+            batch_size = 1  # one full-resolution image in memory at a time
+        sampler = None
+        sampler_kwargs = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        if train and not shuffle and sampler_kwargs:
+            # in order under DDP too: Lightning's own DistributedSampler always shuffles the training split
+            sampler = DistributedSampler(self.datasets[split], shuffle=False, **sampler_kwargs)
         return DataLoader(
             self.datasets[split],
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
+            batch_size=batch_size,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
+            drop_last=train and len(self.datasets[split]) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train", shuffle=self.shuffle)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

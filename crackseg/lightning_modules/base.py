@@ -14,13 +14,17 @@ checkpoint, set by the calibration callbacks, used by test and predict, overridd
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from crackseg.inference.progress import inner_progress
+from crackseg.inference.tiling import TileSettings, predict_tiled, tile_count
 from crackseg.metrics import ImageMetrics, SegmentationMetrics
 
 NORMALIZATIONS = {
@@ -52,6 +56,20 @@ class CrackSegModule(LightningModule):
         lr_gamma: decay factor.
         lr_step_epochs: epochs between two decays of ``"step"`` (>= 1).
         aupro: compute AUPRO (FPR ≤ 0.3) at test time (stores all test pixels).
+        predict_tile_size: ``crackseg predict`` on full-resolution images of any size: side of the square
+            tiles (network-input pixels) the image is cut into, run a batch at a time and blended without
+            seams (:mod:`crackseg.inference.tiling`); the datamodule then neither resizes the images
+            (``data.image_size`` is ignored) nor batches them (one image at a time). None (default)
+            predicts whole images as loaded, as test does. Not saved in the checkpoint.
+        predict_tile_overlap: least overlap of neighbouring tiles (network-input pixels, at most half the
+            tile side). The outer quarter of each shared band gets no weight from the tile it borders, so
+            an overlap of 4 × the network's receptive-field radius gives exactly the whole-image map;
+            less still blends without seams.
+        predict_tile_batch_size: tiles run through the network at once (GPU memory vs speed).
+        predict_scale: network-input pixels per image pixel when tiling: 1 (default) runs the model on
+            native pixels; set it to the training scale when the model learnt on resized images (e.g.
+            0.25 for a model trained at ``data.image_size`` 512² on 2048-px photos). Maps, masks and crack
+            measurements stay at the image's own size.
     """
 
     #: whether :meth:`anomaly_map` returns probabilities in [0, 1] (threshold-sweep metrics need it).
@@ -71,6 +89,10 @@ class CrackSegModule(LightningModule):
         lr_gamma: float = 0.1,
         lr_step_epochs: int = 10,
         aupro: bool = False,
+        predict_tile_size: int | None = None,
+        predict_tile_overlap: int = 64,
+        predict_tile_batch_size: int = 4,
+        predict_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -85,8 +107,12 @@ class CrackSegModule(LightningModule):
             raise ValueError(f"model.lr_milestones must be fractions in (0, 1), got {lr_milestones}")
         # The overrides are not hyper-parameters: LightningCLI re-applies a checkpoint's hyper-parameters
         # over the command line, which would undo a threshold given there.
-        self.save_hyperparameters(ignore=["net", "threshold", "image_threshold"])
+        # Nor are the prediction tiling options: they belong to each predict run.
+        self.save_hyperparameters(ignore=["net", "threshold", "image_threshold", "predict_tile_size",
+                                          "predict_tile_overlap", "predict_tile_batch_size", "predict_scale"])
         self.threshold_overrides = {"pixel_threshold": threshold, "image_threshold": image_threshold}
+        self.tile_settings = None if predict_tile_size is None else TileSettings(
+            predict_tile_size, predict_tile_overlap, predict_tile_batch_size, predict_scale)
         mean, std = NORMALIZATIONS[normalization]
         self.register_buffer("input_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -233,16 +259,83 @@ class CrackSegModule(LightningModule):
         return self._eval_step(batch, batch_idx, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        if self.tile_settings is not None:
+            return self.predict_tiled(batch)
         result = self.evaluate_batch(batch, batch_idx)
         result.pop("outputs")
         result.pop("pro_map")
         return result
 
+    # -- full-resolution (tiled) prediction --------------------------------------------------------
+    @property
+    def predict_full_resolution(self) -> bool:
+        """Whether predict tiles full images: :class:`~crackseg.datamodules.CrackDataModule` then loads them
+        unresized, one at a time, and leaves them on the CPU (tiles go to the device a batch at a time)."""
+        return self.tile_settings is not None
+
+    def predict_tiled(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`predict_step` by tiles (``predict_tile_size``): the keys of :meth:`evaluate_batch` but
+        ``outputs``, ``pro_map`` and ``extra_maps`` (empty), with maps as float32 on the CPU.
+
+        Each tile goes through :meth:`forward` and :meth:`anomaly_map`; the tile maps are blended into one
+        map at the image's size (:func:`~crackseg.inference.tiling.predict_tiled`). The image score is
+        :meth:`image_score` of that stitched map when the hook reads only the map (the default maximum,
+        DFR / SkipAE's max / mean / top-k); when it needs the network outputs (classifier probability, VAE
+        reconstruction error, MSFlow's multiplicative map) it is the largest of the tiles' own scores: an
+        image is as defective as its worst tile. Maps normalised per image (MSFlow
+        ``map_normalization: image``, the VAE's ``min_max``) are normalised per tile instead.
+        """
+        settings = self.tile_settings
+        assert settings is not None
+        normalization = self.hparams.get("map_normalization", getattr(self, "map_normalization", None))
+        if normalization in ("image", "min_max") and not getattr(self, "_warned_tile_normalization", False):
+            rank_zero_warn(f"{type(self).__name__} normalises maps per image (map_normalization: {normalization}); "
+                           "with predict_tile_size each tile is normalised on its own, so tiles are not comparable")
+            self._warned_tile_normalization = True
+        maps, scores = [], []
+        for image, path in zip(batch["image"], batch["path"], strict=True):
+            tile_scores: list[Tensor] = []
+
+            def run(tiles: Tensor, tile_scores: list[Tensor] = tile_scores) -> Tensor:
+                outputs = self(tiles)
+                tile_maps = self.anomaly_map(outputs)
+                tile_scores.append(self.image_score(tile_maps, outputs).detach().float().amax().cpu())
+                return tile_maps
+
+            height, width = image.shape[-2:]
+            total = tile_count(height, width, settings)
+            with inner_progress(self._trainer, total, f"tiles of {Path(str(path)).name}") as advance:
+                map_ = predict_tiled(image, run, settings, device=self.device, progress=advance)
+            try:
+                score = self.image_score(map_[None], _MapOnly()).detach().float().cpu()[0]
+            except _OutputsNeeded:
+                score = torch.stack(tile_scores).amax()
+            maps.append(map_)
+            scores.append(score)
+        # one image per batch from the datamodule: a view, not a second full-resolution copy
+        map_batch = maps[0][None] if len(maps) == 1 else torch.stack(maps)
+        score_batch = torch.stack(scores)
+        return {
+            "map": map_batch,
+            "score": score_batch,
+            "pred_mask": map_batch >= float(self.pixel_threshold),
+            "pred_label": score_batch >= float(self.image_threshold),
+            "extra_maps": {},
+        }
+
+    def _any_rank(self, flag: bool) -> bool:
+        """``flag`` OR-reduced over the DDP ranks: torchmetrics' ``compute`` is a collective, so every rank
+        must call it when any rank has data (a rank whose shard held no mask would otherwise hang the others)."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return flag
+        return trainer.strategy.reduce_boolean_decision(flag, all=False)
+
     def _log_epoch_metrics(self, stage: str) -> None:
         values: dict[str, Tensor] = {}
-        if self._metrics_updated["pixel", stage]:
+        if self._any_rank(self._metrics_updated["pixel", stage]):
             values.update(self.pixel_metrics[stage].compute())
-        if self._metrics_updated["image", stage]:
+        if self._any_rank(self._metrics_updated["image", stage]):
             image = self.image_metrics[stage].compute()
             matrix = image.pop("confusion_matrix")
             values.update(image)
@@ -250,7 +343,9 @@ class CrackSegModule(LightningModule):
                            "image_fn": matrix[1, 0], "image_tp": matrix[1, 1]})
         values["pixel_threshold"] = self.pixel_threshold
         values["image_threshold"] = self.image_threshold
-        self.log_dict({f"{stage}/{k}": v.float() for k, v in values.items()})
+        # already reduced over the ranks (torchmetrics syncs in compute); sync_dist averages equal values,
+        # so every rank holds the same numbers (checkpoint monitors) and Lightning does not warn
+        self.log_dict({f"{stage}/{k}": v.float() for k, v in values.items()}, sync_dist=True)
         self.pixel_metrics[stage].reset()
         self.image_metrics[stage].reset()
         self._metrics_updated["pixel", stage] = self._metrics_updated["image", stage] = False
@@ -262,8 +357,16 @@ class CrackSegModule(LightningModule):
         self._log_epoch_metrics("test")
 
     # -- checkpoint ----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the module's class, so loading the checkpoint into another method fails with a clear message."""
+        checkpoint["crackseg_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Apply ``threshold`` / ``image_threshold`` given on the command line over the stored ones."""
+        """Check the checkpoint holds this class; apply ``threshold`` / ``image_threshold`` given on the command
+        line over the stored ones."""
+        from crackseg.checkpoint import check_model_class
+
+        check_model_class(checkpoint, type(self), getattr(self._trainer, "ckpt_path", None))
         state = checkpoint.get("state_dict", {})
         for name, override in self.threshold_overrides.items():
             if override is not None:
@@ -298,6 +401,18 @@ class CrackSegModule(LightningModule):
         else:
             raise ValueError(f"unknown model.lr_schedule {hp.lr_schedule!r}")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class _OutputsNeeded(KeyError):
+    """An :meth:`CrackSegModule.image_score` hook read the network outputs, which a stitched map has not."""
+
+
+class _MapOnly(dict):
+    """The empty network outputs :meth:`CrackSegModule.image_score` gets with a stitched map: reading a key
+    raises :class:`_OutputsNeeded` (the score then comes from the tiles)."""
+
+    def __missing__(self, key: str) -> Any:
+        raise _OutputsNeeded(key)
 
 
 def _crop(value: Any, padded: torch.Size, height: int, width: int) -> Any:
