@@ -128,6 +128,9 @@ def test_wandb_logger_offline(workdir: Path, monkeypatch: pytest.MonkeyPatch) ->
                 "--trainer.limit_val_batches", "1", "--trainer.accelerator", "cpu",
                 "--trainer.enable_checkpointing", "false", f"--trainer.logger.init_args.save_dir={workdir / 'wb'}",
                 "--trainer.callbacks+=MapLogger"])
+    import wandb
+
+    wandb.finish()  # as the end of the process would: a later in-process run must not reuse this one
     assert cli.trainer.state.finished
     assert list((workdir / "wb").rglob("offline-run-*")), "no offline W&B run was written"
 

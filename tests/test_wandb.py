@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_offline_run_holds_config_panels_and_checkpoint(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
+    wandb.finish()  # a run left open by an earlier in-process test would be reused by the WandbLogger
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(workdir / "wandb_dir"))
@@ -34,8 +35,6 @@ def test_offline_run_holds_config_panels_and_checkpoint(workdir: Path, monkeypat
           "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
           "--trainer.callbacks+=ModelCheckpoint", f"--trainer.callbacks.dirpath={workdir / 'ckpt'}",
           "--trainer.callbacks+=MapLogger", "--trainer.callbacks.max_images=2"])
-    import wandb
-
     wandb.finish()  # what the end of the `crackseg fit` process does: the run folder is complete
     runs = list(workdir.rglob("offline-run-*"))
     assert len(runs) == 1, f"expected one offline W&B run under {workdir}, found {runs}"
