@@ -18,14 +18,14 @@ sources (``weights: hub``, ``extractor_checkpoint``) are skipped: the checkpoint
 
 Exporters (``--exporter``, torch 2.15): ``auto`` (default) tries the dynamo exporter (``torch.export``, needs
 ``onnxscript``) and falls back to the TorchScript tracing exporter (``dynamo=False``). Neither covers every method:
-dynamo is needed for MSFlow's adaptive pooling and SCNet's Canny loop, and refuses data-dependent Python control flow instead of
-freezing it; tracing is needed for the backbones whose taps are forward hooks that stop the network early (OED,
-DFR's VGG19 layers), which ``torch.export`` cannot follow. Two exporter-only substitutions, checked equal to the
+dynamo is needed for MSFlow's adaptive pooling and SCNet's Canny loop, and refuses data-dependent Python control flow
+instead of freezing it; tracing is needed for the backbones whose taps are forward hooks that stop the network early
+(OED, DFR's VGG19 layers), which ``torch.export`` cannot follow. Two exporter-only substitutions, checked equal to the
 eager code: ``median`` by sorting (ONNX has no median) and SCNet's Canny hysteresis as a ``while_loop`` (an ONNX
-``Loop``). ``--dynamic``: dynamic batch; with dynamo also height and width where the model allows (multiples of
-its stride: the padding branch is not in the graph), with tracing height and width stay fixed. Methods that cannot
-export say why (:class:`ExportError`): VAEGradCAM with ``attention: gradcam`` (its map is a gradient, which a
-forward-only graph cannot compute).
+``Loop``). ``--dynamic``: dynamic batch; with dynamo also height and width where the model allows (multiples of its
+stride: the padding branch is not in the graph), with tracing height and width stay fixed. Methods that cannot export
+say why (:class:`ExportError`): VAEGradCAM with ``attention: gradcam`` (its map is a gradient, which a forward-only
+graph cannot compute).
 
 With ``onnxruntime`` installed, ``--verify`` (default on) runs random images through the ONNX graph and the
 PyTorch module and reports the largest differences; without it the export is written and verification is
