@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from benchmarks.timing import TrainThroughput, peak_memory_mb, read_throughput, reset_peak_memory
+from benchmarks.timing import TrainThroughput, median_ms_per_image, peak_memory_mb, read_throughput, reset_peak_memory
 
 
 class ArrayImages(Dataset):
@@ -103,17 +102,9 @@ def inference_ms(model: Fastflow | Padim, batch_size: int, input_size: tuple[int
                  warmup: int, device: str) -> float:
     """Median ms per image of pre-processing (normalisation) + network + anomaly map + image score, no grad."""
     images = torch.rand(batch_size, 3, *input_size, device=device)
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + runs):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            out = model.model(model.pre_processor(images))
-            float(out.pred_score.sum())  # waits for the device
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times) / batch_size
+    # float(...) waits for the device
+    return median_ms_per_image(lambda: float(model.model(model.pre_processor(images)).pred_score.sum()),
+                               batch_size, runs, warmup, device)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -28,6 +26,7 @@ import yaml
 
 import crackseg.lightning_modules as modules
 from benchmarks.common import REPO, SHARED_DATA, RunResult, commit, fit_and_test, machine, usable_cores, write_section
+from benchmarks.timing import median_ms_per_image
 
 CONFIGS = {"SkipAE": "configs/skipae/magnetic_tile.yaml", "DFR": "configs/dfr/magnetic_tile.yaml",
            "VAEGradCAM": "configs/vae_gradcam/magnetic_tile.yaml"}
@@ -49,17 +48,9 @@ def inference_ms(checkpoint: Path, class_name: str, batch_size: int, runs: int =
     model = cls.load_from_checkpoint(checkpoint, map_location=device, weights_only=True, **kwargs)
     model.eval()
     images = torch.rand(batch_size, 3, size, size, device=device)
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + runs):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            result = model.evaluate_batch({"image": images})
-            float(result["score"].sum())  # waits for the device
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times) / batch_size
+    # float(...) waits for the device
+    return median_ms_per_image(lambda: float(model.evaluate_batch({"image": images})["score"].sum()),
+                               batch_size, runs, warmup, device)
 
 
 def backbone_of(config: Path) -> str:

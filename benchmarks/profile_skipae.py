@@ -9,27 +9,20 @@ the tapped blocks, what PaDiM / FastFlow also pay) and the whole forward + map +
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from benchmarks.common import commit, machine, write_section
+from benchmarks.timing import median_ms_per_image
 from crackseg.lightning_modules import SkipAE
 
 
-def median_ms(fn, batch: int, runs: int = 5, warmup: int = 2) -> float:
+def median_ms(fn: Callable[[torch.Tensor], None], batch: int, runs: int = 5, warmup: int = 2) -> float:
     """Median milliseconds per image of ``fn`` on a (batch, 3, 256, 256) input."""
     images = torch.rand(batch, 3, 256, 256)
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + runs):
-            start = time.perf_counter()
-            fn(images)
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1000 / batch)
-    return statistics.median(times)
+    return median_ms_per_image(lambda: fn(images), batch, runs, warmup)
 
 
 def main(argv: list[str] | None = None) -> None:

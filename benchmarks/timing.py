@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import resource
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +102,20 @@ def peak_memory_mb(device: str = "cpu") -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def median_ms_per_image(step: Callable[[], Any], batch_size: int, runs: int, warmup: int, device: str = "cpu") -> float:
+    """Median milliseconds per image of ``step()`` (one batch of ``batch_size``) over ``runs`` calls after ``warmup``.
+
+    ``step`` should end by reading a value back (e.g. ``float(score.sum())``) so that device work is waited for.
+    """
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + runs):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times) / batch_size
