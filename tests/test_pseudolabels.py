@@ -26,6 +26,7 @@ from crackseg.pseudolabels import (  # noqa: E402
     PseudoLabelConfig,
     ReferencePseudoLabeler,
     gradcam_plus_plus,
+    grid_crack_mask,
     load_classifier,
     multiotsu_thresholds,
     patch_crack_masks,
@@ -110,6 +111,35 @@ def test_vectorised_multiotsu_equals_skimage_on_random_patches() -> None:
         assert np.array_equal((2 * index + 1) / 512, expected)
         checked += 1
     assert checked > 450
+
+
+@pytest.mark.parametrize("size,stride", [(32, 8), (32, 16), (16, 4), (32, 32)])
+def test_grid_crack_mask_equals_per_patch_skimage_and(size: int, stride: int) -> None:
+    """The whole-image thresholding (cell histograms, min-pooled limits) equals cutting every patch, thresholding
+    it with scikit-image and AND-ing the overlapping patches, on images with noise, lines, flat areas and few
+    grey levels; bad sizes are refused."""
+    rng = np.random.default_rng(size + stride)
+    for shape in ((64, 96), (96, 64), (32, 128)):
+        image = rng.integers(60, 200, shape).astype(np.uint8)
+        image[shape[0] // 3, :] = 20  # a dark line
+        image[:, shape[1] // 2] = rng.integers(0, 40)  # another one
+        image[:size, :size] = 128  # a flat patch: vetoes everything under it
+        image[-size:, -size:] = rng.choice(np.array([10, 90, 200], np.uint8), (size, size))  # three levels only
+        expected = np.ones(shape, bool)
+        for top in range(0, shape[0] - size + 1, stride):
+            for left in range(0, shape[1] - size + 1, stride):
+                window = (slice(top, top + size), slice(left, left + size))
+                expected[window] &= reference_patch_crack_mask(image[window])
+        got = grid_crack_mask(torch.from_numpy(image), size, stride).numpy()
+        assert got.shape == shape and got.dtype == bool
+        assert np.array_equal(got, expected)
+        assert 0 < expected.sum() < expected.size  # the check is not vacuous
+    with pytest.raises(ValueError, match="multiple of the stride"):
+        grid_crack_mask(torch.zeros(64, 64, dtype=torch.uint8), 32, 12)
+    with pytest.raises(ValueError, match="padded to a multiple"):
+        grid_crack_mask(torch.zeros(60, 64, dtype=torch.uint8), 32, 8)
+    with pytest.raises(ValueError, match="uint8"):
+        grid_crack_mask(torch.zeros(64, 64), 32, 8)
 
 
 def test_vectorised_multiotsu_equals_skimage_on_random_histograms() -> None:

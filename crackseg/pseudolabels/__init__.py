@@ -17,7 +17,12 @@ from crackseg.pseudolabels.generator import (
     ReferencePseudoLabeler,
     build_generator,
 )
-from crackseg.pseudolabels.multiotsu import multiotsu_thresholds, patch_crack_masks, reference_patch_crack_mask
+from crackseg.pseudolabels.multiotsu import (
+    grid_crack_mask,
+    multiotsu_thresholds,
+    patch_crack_masks,
+    reference_patch_crack_mask,
+)
 
 __all__ = [
     "CRACK_CLASS",
@@ -31,6 +36,7 @@ __all__ = [
     "ReferencePseudoLabeler",
     "build_generator",
     "gradcam_plus_plus",
+    "grid_crack_mask",
     "load_classifier",
     "multiotsu_thresholds",
     "patch_crack_masks",

@@ -23,8 +23,9 @@ Two implementations give the same labels:
   patch with ``skimage.filters.threshold_multiotsu``: plain code, kept as the test oracle;
 * :class:`FastPseudoLabeler` cuts the patches of several images at once with ``Tensor.unfold`` on the device,
   runs the classifier in large batches, computes GradCAM++ for all images of one size in one pass, finds the
-  multi-Otsu thresholds of all patches at once (:mod:`crackseg.pseudolabels.multiotsu`, bit-exact to
-  scikit-image) and combines the overlapping patches by OR-ing their vetoes per stride-sized cell.
+  multi-Otsu thresholds of all patches of an image at once (:mod:`crackseg.pseudolabels.multiotsu`, bit-exact
+  to scikit-image) from cell histograms, and combines the overlapping patches by a min-pool of their limits
+  (:func:`~crackseg.pseudolabels.multiotsu.grid_crack_mask`).
 
 The classifier is anything with the interface of :class:`crackseg.lightning_modules.classifier.CrackClassifier`
 (:class:`CrackClassifierLike`).
@@ -44,7 +45,7 @@ from torch.nn import functional as F
 
 from crackseg.models.gradcam import gradcam_plus_plus
 from crackseg.pseudolabels.config import CRACK_CLASS, PseudoLabelConfig
-from crackseg.pseudolabels.multiotsu import patch_crack_masks, reference_patch_crack_mask
+from crackseg.pseudolabels.multiotsu import grid_crack_mask, reference_patch_crack_mask
 
 __all__ = [
     "GENERATORS",
@@ -172,20 +173,24 @@ class PseudoLabelGenerator:
         config: the method's parameters (paper defaults).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         batch_size: patches per classifier forward pass.
+        channels_last: store the classifier's weights channels-last (NHWC), the layout oneDNN and cuDNN
+            convolutions run fastest in (1.4x for the small CPU classifier's patches here); the same numbers up to
+            float rounding.
     """
 
     name = "base"
 
     def __init__(self, classifier: CrackClassifierLike, config: PseudoLabelConfig | None = None,
-                 device: str | torch.device = "auto", batch_size: int = 256) -> None:
+                 device: str | torch.device = "auto", batch_size: int = 256, channels_last: bool = True) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.config = config if config is not None else PseudoLabelConfig()
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.classifier = classifier
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if isinstance(classifier, nn.Module):
-            classifier.to(self.device)
+            classifier.to(self.device, memory_format=self.memory_format)
             classifier.eval()
 
     # -- shared ---------------------------------------------------------------------------------
@@ -206,6 +211,7 @@ class PseudoLabelGenerator:
     def _cam_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """GradCAM++ of same-size images in one pass, upsampled to the image size."""
         batch = torch.cat([_to_tensor(image, self.device) for image in images])
+        batch = batch.contiguous(memory_format=self.memory_format)
         maps = gradcam_plus_plus(self.classifier.net, self.classifier.normalize(batch), self._cam_class())
         size = images[0].shape[:2]
         return [upsample(cam, size) for cam in maps.cpu().numpy()]
@@ -259,6 +265,7 @@ class ReferencePseudoLabeler(PseudoLabelGenerator):
             probabilities = []
             for start in range(0, len(patches), self.batch_size):
                 batch = torch.cat([_to_tensor(p, self.device) for p in patches[start:start + self.batch_size]])
+                batch = batch.contiguous(memory_format=self.memory_format)
                 with torch.no_grad():
                     probabilities.append(self.classifier.crack_probability(batch).float().cpu())
             grid = torch.cat(probabilities).numpy().reshape(len(rows), len(cols))
@@ -314,7 +321,7 @@ class FastPseudoLabeler(PseudoLabelGenerator):
             windows = self._padded(image).unfold(2, size, stride).unfold(3, size, stride)  # 1, 3, gh, gw, s, s
             grids.append((windows.shape[2], windows.shape[3]))
             patches.append(windows[0].permute(1, 2, 0, 3, 4).reshape(-1, 3, size, size))
-        stacked = torch.cat(patches)
+        stacked = torch.cat(patches).contiguous(memory_format=self.memory_format)
         with torch.no_grad():
             probabilities = torch.cat([self.classifier.crack_probability(stacked[start:start + self.batch_size])
                                        for start in range(0, stacked.shape[0], self.batch_size)])
@@ -351,24 +358,10 @@ class FastPseudoLabeler(PseudoLabelGenerator):
 
     def threshold_masks(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         size, stride = self.config.patch_size, self.config.threshold_stride
-        per_cell = size // stride
-        greys = [pad_bottom_right(threshold_input(image, self.config), size) for image in images]
-        patches = [torch.from_numpy(grey).to(self.device).unfold(0, size, stride).unfold(1, size, stride)
-                   for grey in greys]  # gh, gw, size, size
-        crack = patch_crack_masks(torch.cat([block.reshape(-1, size * size) for block in patches]))
-        masks, offset = [], 0
-        for image, block in zip(images, patches, strict=True):
-            gh, gw = block.shape[:2]
-            # AND over the overlapping patches, counted per stride x stride cell: a patch's (bi, bj) block lies
-            # on cell (i + bi, j + bj); a cell pixel is vetoed when any patch covering it is not crack there
-            not_crack = ~crack[offset:offset + gh * gw].view(gh, gw, per_cell, stride, per_cell, stride)
-            offset += gh * gw
-            veto = torch.zeros(gh + per_cell - 1, gw + per_cell - 1, stride, stride, dtype=torch.bool,
-                               device=self.device)
-            for bi in range(per_cell):
-                for bj in range(per_cell):
-                    veto[bi:bi + gh, bj:bj + gw] |= not_crack[:, :, bi, :, bj, :]
-            mask = ~veto.permute(0, 2, 1, 3).reshape(veto.shape[0] * stride, veto.shape[1] * stride)
+        masks = []
+        for image in images:
+            grey = torch.from_numpy(pad_bottom_right(threshold_input(image, self.config), size)).to(self.device)
+            mask = grid_crack_mask(grey, size, stride)
             masks.append(mask[:image.shape[0], :image.shape[1]].cpu().numpy())
         return masks
 
@@ -378,8 +371,9 @@ GENERATORS: dict[str, type[PseudoLabelGenerator]] = {"fast": FastPseudoLabeler, 
 
 def build_generator(name: Literal["fast", "reference"], classifier: CrackClassifierLike,
                     config: PseudoLabelConfig | None = None, device: str | torch.device = "auto",
-                    batch_size: int = 256) -> PseudoLabelGenerator:
-    """The generator called ``name`` (``"fast"`` or ``"reference"``)."""
+                    batch_size: int = 256, channels_last: bool = True) -> PseudoLabelGenerator:
+    """The generator called ``name`` (``"fast"`` or ``"reference"``); the arguments are those of
+    :class:`PseudoLabelGenerator`."""
     if name not in GENERATORS:
         raise ValueError(f"unknown pseudo-label generator {name!r}: choose one of {sorted(GENERATORS)}")
-    return GENERATORS[name](classifier, config, device, batch_size)
+    return GENERATORS[name](classifier, config, device, batch_size, channels_last)

@@ -35,8 +35,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
-__all__ = ["multiotsu_thresholds", "patch_crack_masks", "reference_patch_crack_mask"]
+__all__ = ["grid_crack_mask", "multiotsu_thresholds", "patch_crack_masks", "reference_patch_crack_mask"]
 
 #: work budget of one chunk of the pair search: patches x K x K float32 elements per temporary.
 _CHUNK_ELEMENTS = 1 << 20
@@ -110,11 +111,13 @@ def _pair_search(prob: Tensor, occupied: Tensor, counts: Tensor) -> tuple[Tensor
     sigma = a_masked[:, :, None] + c_masked[:, None, :]  # A + C, then (A + C) + M as scikit-image adds
     strictly_increasing = bool(((z[:, 1:] > z[:, :-1]) | ~col_in[:, 1:]).all())
     if strictly_increasing:
-        # no bin is absorbed in float32 (always so for patch histograms): z_b - z_a > 0 exactly when t1 > t0,
-        # so the empty classes and the pairs with t1 <= t0 are the same entries
-        dz = z[:, None, :] - z_row[:, :, None]
+        # no bin is absorbed in float32 (always so for patch histograms): z_b - z_a > 0 exactly when column b
+        # comes after row a's t0 (a mask that depends on the positions only), and the columns past the patch's
+        # levels get z = inf (a middle term of 0 beside their -inf C term) instead of 0 / 0
+        z_col = z.masked_fill(~col_in, torch.inf)
+        dz = z_col[:, None, :] - z_row[:, :, None]
         middle = f[:, None, :] - f_row[:, :, None]
-        middle.square_().div_(dz).masked_fill_(dz <= 0, -torch.inf)
+        middle.square_().div_(dz).masked_fill_(col[None, :] <= row_a[:, None], -torch.inf)
     else:
         sigma.add_(torch.where(col[None, :] > row_a[:, None], 0.0, neg_inf))  # t1 after t0 (+ 0.0 is exact)
         middle = between(f_row[:, :, None], z_row[:, :, None], f[:, None, :], z[:, None, :])
@@ -177,6 +180,27 @@ def multiotsu_thresholds(hist: Tensor, normalize: bool = True) -> tuple[Tensor, 
     return torch.stack([t0, t1], dim=1), counts >= 3
 
 
+def _crack_limits(levels: Tensor, lo: Tensor, spread: Tensor) -> Tensor:
+    """Per patch, the grey level below which a pixel is crack (0 for a patch that cannot be thresholded).
+
+    Args:
+        levels: ``(N, 256)`` histograms of the patches' grey levels.
+        lo: ``(N, 1)`` int32 patch minimum.
+        spread: ``(N, 1)`` int32 patch maximum - minimum.
+
+    Returns:
+        ``(N, 1)`` int32 limit ``lo + ceil((2 k0 + 1) R / 512)``, ``<= 255``; 0 where the patch has fewer than 3
+        distinct grey levels.
+    """
+    offsets = (torch.arange(256, device=levels.device, dtype=torch.int32)[None, :] - lo).clamp(min=0)
+    bins = torch.clamp(offsets * 256 // spread.clamp(min=1), max=255).to(torch.long)
+    hist = torch.zeros_like(levels).scatter_add_(1, bins, levels)  # levels outside [lo, hi] add 0
+    thresholds, valid = multiotsu_thresholds(hist)
+    k0 = thresholds[:, :1].to(torch.int32)
+    limit = lo + ((2 * k0 + 1) * spread + 511) // 512
+    return torch.where(valid[:, None], limit, torch.zeros_like(limit))
+
+
 def patch_crack_masks(patches: Tensor, chunk: int = 8192) -> Tensor:
     """Crack pixels of many grey patches: min-max normalise, 3-class multi-Otsu, below the lowest threshold.
 
@@ -204,14 +228,61 @@ def patch_crack_masks(patches: Tensor, chunk: int = 8192) -> Tensor:
     spread = patches.amax(dim=1, keepdim=True).to(torch.int32) - lo
     rows = torch.arange(n, device=device, dtype=torch.int32)[:, None] * 256
     levels = torch.bincount((patches.to(torch.int32) + rows).flatten(), minlength=n * 256).view(n, 256)
-    offsets = (torch.arange(256, device=device, dtype=torch.int32)[None, :] - lo).clamp(min=0)
-    bins = torch.clamp(offsets * 256 // spread.clamp(min=1), max=255).to(torch.long)
-    hist = torch.zeros_like(levels).scatter_add_(1, bins, levels)  # levels outside [lo, hi] add 0
-    thresholds, valid = multiotsu_thresholds(hist)
-    k0 = thresholds[:, :1].to(torch.int32)
-    limit = lo + ((2 * k0 + 1) * spread + 511) // 512  # <= hi <= 255
-    limit = torch.where(valid[:, None], limit, torch.zeros_like(limit)).to(torch.uint8)
-    return patches < limit
+    return patches < _crack_limits(levels, lo, spread).to(torch.uint8)
+
+
+def grid_crack_mask(grey: Tensor, size: int = 32, stride: int = 8) -> Tensor:
+    """König et al.'s thresholding of a whole grey image: crack = below the lowest 3-class multi-Otsu threshold
+    of *every* ``size`` x ``size`` patch (stride ``stride``) covering the pixel.
+
+    The same result as cutting every patch, :func:`patch_crack_masks` and AND-ing the overlapping patches, with
+    each pixel touched about once instead of ``(size / stride)^2`` times, because a patch is a
+    ``k x k`` block of ``stride x stride`` cells (``k = size / stride``):
+
+    * a patch's grey-level histogram is the sum of its cells' histograms (one ``bincount`` of the image, then a
+      summed-area table over the cells), its minimum / maximum the min / max of its cells';
+    * "``v`` below the limit of every covering patch" is "``v`` below the smallest limit of the patches covering
+      its cell" (a ``k x k`` min-pool of the patch limits), one comparison per pixel.
+
+    Args:
+        grey: ``(H, W)`` uint8, ``H`` and ``W`` multiples of ``size`` (the generator mirror-pads).
+        size: patch side (32).
+        stride: patch stride (8); must divide ``size``.
+
+    Returns:
+        ``(H, W)`` bool crack mask.
+    """
+    if grey.dtype != torch.uint8 or grey.ndim != 2:
+        raise ValueError(f"grey must be a 2-D uint8 image, got {grey.dtype} {tuple(grey.shape)}")
+    if size % stride:
+        raise ValueError(f"the patch size {size} must be a multiple of the stride {stride}")
+    height, width = grey.shape
+    if height % size or width % size:
+        raise ValueError(f"the image ({width}x{height}) must be padded to a multiple of the patch size {size}")
+    k, device = size // stride, grey.device
+    rows, cols = height // stride, width // stride
+    cells = grey.view(rows, stride, cols, stride).permute(0, 2, 1, 3).reshape(rows * cols, stride * stride)
+    offsets = torch.arange(rows * cols, device=device, dtype=torch.int32)[:, None] * 256
+    cell_hist = torch.bincount((cells.to(torch.int32) + offsets).flatten(), minlength=rows * cols * 256)
+    gh, gw = rows - k + 1, cols - k + 1
+    per_cell = cell_hist.view(rows, cols, 256).to(torch.int32)
+    across = per_cell[:gh].clone()  # sums of k cells down, then k cells across: the (gh, gw, 256) patch histograms
+    for i in range(1, k):
+        across += per_cell[i:i + gh]
+    levels = across[:, :gw].clone()
+    for j in range(1, k):
+        levels += across[:, j:j + gw]
+    # window min / max over k x k cells (grey levels are exact in float32)
+    cell_lo = cells.amin(dim=1).view(1, 1, rows, cols).float()
+    cell_hi = cells.amax(dim=1).view(1, 1, rows, cols).float()
+    lo = (-F.max_pool2d(-cell_lo, k, stride=1)).view(gh * gw, 1).to(torch.int32)
+    hi = F.max_pool2d(cell_hi, k, stride=1).view(gh * gw, 1).to(torch.int32)
+    limit = _crack_limits(levels.reshape(gh * gw, 256), lo, hi - lo).view(1, 1, gh, gw).float()
+    # the smallest limit over the patches covering each cell; outside the patch grid: no constraint (256)
+    padded = F.pad(limit, (k - 1, k - 1, k - 1, k - 1), value=256.0)
+    cell_limit = (-F.max_pool2d(-padded, k, stride=1)).view(rows * cols, 1)  # (rows, cols) cells
+    crack = cells.to(torch.float32) < cell_limit
+    return crack.view(rows, cols, stride, stride).permute(0, 2, 1, 3).reshape(height, width)
 
 
 def reference_patch_crack_mask(patch: np.ndarray) -> np.ndarray:
