@@ -7,6 +7,9 @@
 - :func:`load_checkpoint`: the same safe loading for crackseg's own code.
 - :class:`SignalCheckpoint`: SIGTERM / SIGUSR1 (SLURM's warning before a time limit) save ``last.ckpt`` after
   the current training step, then stop the run, so ``--ckpt_path last`` resumes it.
+- :class:`LastModelCheckpoint`: ``ModelCheckpoint`` whose ``last.ckpt`` is the latest epoch again (Lightning 2.6
+  writes it only when a top-k checkpoint is written at the same step, so with ``monitor`` + ``save_top_k: 1`` it
+  was a copy of the best checkpoint); ``crackseg fit`` gives every configured ``ModelCheckpoint`` this behaviour.
 - :class:`RandomStateCheckpoint`: stores the random generators' states in checkpoints and restores them on
   resume, so a run resumed from an epoch-boundary checkpoint continues exactly as an uninterrupted one.
 """
@@ -32,8 +35,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-__all__ = ["CheckpointError", "RandomStateCheckpoint", "SafeCheckpointIO", "SignalCheckpoint", "check_finite_state",
-           "check_model_class", "checkpoint_model_class", "load_checkpoint"]
+__all__ = ["CheckpointError", "LastModelCheckpoint", "RandomStateCheckpoint", "SafeCheckpointIO", "SignalCheckpoint",
+           "check_finite_state", "check_model_class", "checkpoint_model_class", "load_checkpoint"]
 
 
 class CheckpointError(ValueError):
@@ -185,6 +188,31 @@ class SafeCheckpointIO(TorchCheckpointIO):
         if weights_only is False or "://" in str(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         return load_checkpoint(path, map_location=map_location, require_state_dict=False)
+
+
+class LastModelCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` with ``save_last`` meaning "the latest state", at every save point.
+
+    Lightning 2.6 writes ``last.ckpt`` only when a top-k checkpoint was written at the same step; with ``monitor``
+    and ``save_top_k: 1`` (every crackseg config) ``last.ckpt`` was then the *best* epoch, not the latest: ``--ckpt_path
+    last`` resumed from an old epoch and König et al.'s "last epoch's weights" were not the last. This subclass
+    writes ``last.ckpt`` after every epoch's (or validation's) top-k step as Lightning < 2.6 did. It adds no state:
+    :class:`~crackseg.cli.CrackSegCLI` gives this class to every ``ModelCheckpoint`` a config names.
+    """
+
+    def _save_last_if_due(self, trainer: Trainer, at_train_epoch_end: bool) -> None:
+        if not self.save_last or self._should_skip_saving_checkpoint(trainer):  # skipped: already saved at this step
+            return
+        if self._should_save_on_train_epoch_end(trainer) == at_train_epoch_end:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_if_due(trainer, at_train_epoch_end=True)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._save_last_if_due(trainer, at_train_epoch_end=False)
 
 
 def _last_checkpoint_path(trainer: Trainer) -> Path:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -27,6 +28,7 @@ import crackseg
 import crackseg.callbacks  # noqa: F401  (registers callbacks for short class paths)
 from crackseg.checkpoint import (
     CheckpointError,
+    LastModelCheckpoint,
     RandomStateCheckpoint,
     SafeCheckpointIO,
     SignalCheckpoint,
@@ -75,7 +77,8 @@ class CrackSegCLI(LightningCLI):
         :class:`~crackseg.checkpoint.SafeCheckpointIO` (atomic, finite-only writes; ``weights_only`` loading)
         unless a CheckpointIO plugin is configured; :class:`~crackseg.checkpoint.SignalCheckpoint` (SIGTERM /
         SIGUSR1 save ``last.ckpt``) unless checkpointing is off; :class:`~crackseg.checkpoint.RandomStateCheckpoint`
-        (exact resume from epoch-boundary checkpoints).
+        (exact resume from epoch-boundary checkpoints); every plain ``ModelCheckpoint`` becomes a
+        :class:`~crackseg.checkpoint.LastModelCheckpoint` (``last.ckpt`` = the latest epoch, as before Lightning 2.6).
         """
         config = self._get(self.config_init, "trainer", default={})
         plugins = kwargs.get("plugins", config.get("plugins"))
@@ -89,6 +92,9 @@ class CrackSegCLI(LightningCLI):
         if kwargs.get("enable_checkpointing", config.get("enable_checkpointing")) is not False:
             defaults.append(SignalCheckpoint())
         callbacks += [c for c in defaults if not any(type(c) is type(given) for given in callbacks)]
+        for callback in callbacks:
+            if type(callback) is ModelCheckpoint:  # same state, methods that keep last.ckpt the latest
+                callback.__class__ = LastModelCheckpoint
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 

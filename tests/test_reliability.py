@@ -530,11 +530,55 @@ def test_configs_keep_their_checkpoint_callback(workdir: Path) -> None:
 
     cli = main([*_resume_args(workdir, workdir / "ckpt", max_epochs=1), "--trainer.limit_train_batches", "1",
                 "--trainer.limit_val_batches", "1"])
-    kinds = [type(c).__name__ for c in cli.trainer.callbacks]
-    assert kinds.count("ModelCheckpoint") == 1 and cli.trainer.checkpoint_callback.dirpath == str(workdir / "ckpt")
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from crackseg.checkpoint import LastModelCheckpoint
+
+    checkpoints = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert len(checkpoints) == 1 and type(checkpoints[0]) is LastModelCheckpoint
+    assert cli.trainer.checkpoint_callback.dirpath == str(workdir / "ckpt")
     assert any(isinstance(c, SignalCheckpoint) for c in cli.trainer.callbacks)
     assert any(isinstance(c, RandomStateCheckpoint) for c in cli.trainer.callbacks)
     assert isinstance(cli.trainer.strategy.checkpoint_io, SafeCheckpointIO)
+
+
+def test_last_checkpoint_is_the_latest_epoch_when_the_monitor_stops_improving(tmp_path: Path) -> None:
+    """Lightning 2.6 writes last.ckpt only together with a top-k checkpoint: with ``monitor`` + ``save_top_k: 1`` and
+    a score that stops improving, last.ckpt stayed at the best epoch. LastModelCheckpoint (given by the CLI to every
+    ModelCheckpoint) writes it every epoch; the best checkpoint stays the best."""
+    from lightning import LightningModule, Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from crackseg.checkpoint import LastModelCheckpoint
+
+    class Tiny(LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, _index):  # noqa: ANN001, ANN202
+            return self.layer(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, _index) -> None:  # noqa: ANN001
+            self.log("score", 1.0 if self.current_epoch == 0 else 0.5)  # best at epoch 0, never better again
+
+        def configure_optimizers(self):  # noqa: ANN202
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
+    epochs = {}
+    for cls in (ModelCheckpoint, LastModelCheckpoint):
+        folder = tmp_path / cls.__name__
+        callback = cls(dirpath=folder, filename="best", monitor="score", mode="max", save_top_k=1, save_last=True)
+        trainer = Trainer(max_epochs=3, callbacks=[callback], logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, accelerator="cpu")
+        trainer.fit(Tiny(), data, data)
+        epochs[cls.__name__] = (load_checkpoint(folder / "last.ckpt", require_state_dict=False)["epoch"],
+                                load_checkpoint(folder / "best.ckpt", require_state_dict=False)["epoch"])
+    assert epochs["LastModelCheckpoint"] == (2, 0)  # last = the latest epoch, best = the best one
+    if epochs["ModelCheckpoint"] == (0, 0):  # Lightning's own behaviour this class corrects (2.6.x)
+        assert epochs["LastModelCheckpoint"] != epochs["ModelCheckpoint"]
 
 
 # -- 3. numerical faults -------------------------------------------------------------------------------------------
