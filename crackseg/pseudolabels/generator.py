@@ -313,17 +313,35 @@ class FastPseudoLabeler(PseudoLabelGenerator):
         pad_h, pad_w = -image.shape[0] % size, -image.shape[1] % size
         return F.pad(tensor, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else tensor
 
+    def _patches(self, image: np.ndarray) -> tuple[Tensor, tuple[int, int]]:
+        """The normalised 32 x 32 patches (stride 16) of the padded image, (N, 3, s, s), and the patch grid.
+
+        The image is normalised once (the same per-pixel operation as per patch); with channels-last memory the
+        patches are cut from the (H, W, 3) view, so the one copy made is already in the network's layout.
+        """
+        size, stride = self.config.patch_size, self.config.classifier_stride
+        normalised = self.classifier.normalize(self._padded(image))[0]  # (3, Ph, Pw)
+        if self.memory_format == torch.channels_last:
+            windows = normalised.permute(1, 2, 0).unfold(0, size, stride).unfold(1, size, stride)  # gh, gw, 3, s, s
+            grid = (windows.shape[0], windows.shape[1])
+            patches = windows.permute(0, 1, 3, 4, 2).reshape(-1, size, size, 3).permute(0, 3, 1, 2)
+        else:
+            windows = normalised.unfold(1, size, stride).unfold(2, size, stride)  # 3, gh, gw, s, s
+            grid = (windows.shape[1], windows.shape[2])
+            patches = windows.permute(1, 2, 0, 3, 4).reshape(-1, 3, size, size)
+        return patches, grid
+
     def patch_maps(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         cfg = self.config
         size, stride = cfg.patch_size, cfg.classifier_stride
-        patches, grids = [], []
-        for image in images:
-            windows = self._padded(image).unfold(2, size, stride).unfold(3, size, stride)  # 1, 3, gh, gw, s, s
-            grids.append((windows.shape[2], windows.shape[3]))
-            patches.append(windows[0].permute(1, 2, 0, 3, 4).reshape(-1, 3, size, size))
-        stacked = torch.cat(patches).contiguous(memory_format=self.memory_format)
+        net = self.classifier.net
+        net.eval()
+        cut = [self._patches(image) for image in images]
+        grids = [grid for _, grid in cut]
+        stacked = cut[0][0] if len(cut) == 1 else torch.cat([patches for patches, _ in cut])  # batches across images
         with torch.no_grad():
-            probabilities = torch.cat([self.classifier.crack_probability(stacked[start:start + self.batch_size])
+            probabilities = torch.cat([net(stacked[start:start + self.batch_size])["logits"].float()
+                                       .softmax(dim=1)[:, CRACK_CLASS]
                                        for start in range(0, stacked.shape[0], self.batch_size)])
         probabilities = probabilities.float().cpu().numpy()
         maps, offset = [], 0
