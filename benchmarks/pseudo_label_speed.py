@@ -1,12 +1,16 @@
 """Speed of the pseudo-label generators (fast vs reference) on 480 x 320 images, and their agreement.
 
     python benchmarks/pseudo_label_speed.py [--images 4] [--runs 3] [--threads 1] [--device cpu]
-        [--models resnet18 efficientnet_lite0 resnet50 tiny-cnn] [--agreement_images 20]
+        [--models resnet10t-narrow resnet18 efficientnet_lite0 resnet50 tiny-cnn] [--agreement_images 20]
+        [--checkpoint runs/weakly_classifier_fast_deepcrack/checkpoints/last.ckpt]
 
-Each classifier is a random-weight timm network (no weights are downloaded) with a 2-class head, wrapped with the
-``CrackClassifier`` interface (``net.target_layer`` = the last feature map, ImageNet normalisation). Random
-weights cost the same time as trained ones; the labels they give are meaningless, but both generators must still
-give the same ones. ``tiny-cnn`` (two 3 x 3 convolutions) shows the cost of everything but the classifier.
+Each classifier is a random-weight :class:`~crackseg.models.classifier.CrackClassifierNet` (timm backbone, the
+reference code's head GAP -> Dense(1000, ReLU) -> Dense(2); no weights are downloaded) with the ``CrackClassifier``
+interface (ImageNet normalisation). Random weights cost the same time as trained ones; the labels they give are
+meaningless, but both generators must still give the same ones. ``resnet10t-narrow`` is the small CPU classifier of
+``configs/weakly/classifier_fast_deepcrack.yaml``; ``tiny-cnn`` (two 3 x 3 convolutions) shows the cost of
+everything but the classifier. ``--checkpoint`` adds trained ``CrackClassifier`` checkpoints (their labels mean
+something: the table then also gives their crack pixels).
 
 The whole pipeline is timed (patch classification, GradCAM++, thresholding, merging), as images/s over the median
 of ``--runs`` runs, in wall time and in CPU time of the process (with ``--threads 1`` the CPU time is what the
@@ -43,24 +47,12 @@ from crackseg.pseudolabels import FastPseudoLabeler, ReferencePseudoLabeler  # n
 
 CFD_IMAGES = REPO.parent / "shared" / "data" / "cfd" / "image"
 DEEPCRACK_IMAGES = REPO.parent / "shared" / "data" / "deepcrack" / "DeepCrack" / "train_img"
-MODELS = ("resnet18", "efficientnet_lite0", "resnet50", "tiny-cnn")
-
-
-class TimmNet(nn.Module):
-    """A timm classifier with ``target_layer`` on its last feature map (the ``CrackClassifierNet`` interface)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        import timm
-
-        self.model = timm.create_model(name, pretrained=False, num_classes=2)
-        self.target_layer = nn.Identity()
-
-    def features(self, x: Tensor) -> Tensor:
-        return self.target_layer(self.model.forward_features(x))
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        return {"logits": self.model.forward_head(self.features(x))}
+MODELS = ("resnet10t-narrow", "resnet18", "efficientnet_lite0", "resnet50", "tiny-cnn")
+#: timm name and constructor arguments of each stand-in (configs/weakly/classifier_fast_deepcrack.yaml's network)
+BACKBONES: dict[str, tuple[str, dict[str, Any] | None]] = {
+    "resnet10t-narrow": ("resnet10t", {"channels": [16, 32, 64, 128], "stem_width": 8}),
+    "resnet18": ("resnet18", None), "efficientnet_lite0": ("efficientnet_lite0", None), "resnet50": ("resnet50", None),
+}
 
 
 class TinyNet(nn.Module):
@@ -84,7 +76,13 @@ class StandInClassifier(nn.Module):
 
     def __init__(self, name: str) -> None:
         super().__init__()
-        self.net = TinyNet() if name == "tiny-cnn" else TimmNet(name)
+        if name == "tiny-cnn":
+            self.net: nn.Module = TinyNet()
+        else:
+            from crackseg.models.classifier import CrackClassifierNet
+
+            backbone, kwargs = BACKBONES[name]
+            self.net = CrackClassifierNet(backbone, weights=None, backbone_kwargs=kwargs)
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
@@ -127,7 +125,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run(models: Sequence[str], n_images: int, runs: int, reference_runs: int, device: str,
-        batch_size: int) -> None:
+        batch_size: int, checkpoints: Sequence[str] = ()) -> None:
     images, origin = load_images(n_images)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     cpu = platform.processor() or platform.machine()
@@ -136,11 +134,14 @@ def run(models: Sequence[str], n_images: int, runs: int, reference_runs: int, de
           f"load average {load:.2f} at start\n")
     print("| classifier | fast img/s (wall) | reference img/s (wall) | fast img/s (CPU time) | reference img/s "
           "(CPU time) | fast: patches / GradCAM++ / thresholding / rest (CPU ms per image) | IoU fast vs reference "
-          "(mean, min) | identical labels |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name in models:
+          "(mean, min) | identical labels | crack pixels per label (labels kept) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    from crackseg.pseudolabels.dataset import load_classifier
+
+    entries: list[tuple[str, Any]] = [(name, None) for name in models] + [(f"trained: {p}", p) for p in checkpoints]
+    for name, checkpoint in entries:
         torch.manual_seed(0)
-        classifier = StandInClassifier(name)
+        classifier = StandInClassifier(name) if checkpoint is None else load_classifier(checkpoint)
         fast = FastPseudoLabeler(classifier, device=device, batch_size=batch_size)
         reference = ReferencePseudoLabeler(classifier, device=device, batch_size=batch_size)
         fast(images[:1])  # warm-up (allocators, oneDNN kernels)
@@ -153,9 +154,12 @@ def run(models: Sequence[str], n_images: int, runs: int, reference_runs: int, de
         per_image = " / ".join(f"{1000 * t / n_images:.0f}" for t in (*stages, rest))
         scores = [iou(a.label, b.label) for a, b in zip(fast_labels, reference_labels, strict=True)]  # type: ignore[arg-type]
         identical = sum(np.array_equal(a.label, b.label) for a, b in zip(fast_labels, reference_labels, strict=True))  # type: ignore[arg-type]
+        crack = np.mean([label.crack_pixels for label in fast_labels])  # type: ignore[union-attr]
+        kept = sum(label.kept for label in fast_labels)  # type: ignore[union-attr]
         print(f"| {name} | {n_images / fast_time:.2f} | {n_images / reference_time:.2f} | "
               f"{n_images / fast_cpu:.2f} | {n_images / reference_cpu:.2f} | {per_image} | "
-              f"{np.mean(scores):.4f}, {min(scores):.4f} | {identical}/{n_images} |", flush=True)
+              f"{np.mean(scores):.4f}, {min(scores):.4f} | {identical}/{n_images} | {crack:.0f} ({kept}/{n_images}) |",
+              flush=True)
     if hasattr(os, "getloadavg"):
         print(f"\nload average at the end: {os.getloadavg()[0]:.2f} (other processes share the CPU)")
 
@@ -206,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     parser.add_argument("--batch_size", type=int, default=256, help="patches per classifier forward pass")
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--checkpoint", nargs="*", default=[], help="trained CrackClassifier checkpoints to time too")
     parser.add_argument("--agreement_images", type=int, default=0,
                         help="also check fast vs reference on this many CrackForest + DeepCrack images")
     parser.add_argument("--write", action="store_true",
@@ -215,15 +220,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     printed = io.StringIO()
     with contextlib.redirect_stdout(_Tee(sys.stdout, printed)):
-        if args.models:
-            run(args.models, args.images, args.runs, args.reference_runs, args.device, args.batch_size)
+        if args.models or args.checkpoint:
+            run(args.models, args.images, args.runs, args.reference_runs, args.device, args.batch_size,
+                args.checkpoint)
         if args.agreement_images:
             agreement(args.agreement_images, args.device, args.batch_size)
     if args.write:
         from benchmarks.common import commit, write_section
 
         command = "python benchmarks/pseudo_label_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_section("pseudo_label_speed", f"## Pseudo-label generator speed (random-weight classifiers)\n\n"
+        write_section("pseudo_label_speed", f"## Pseudo-label generator speed\n\n"
                                             f"Command: `{command}`; date {datetime.date.today().isoformat()}; "
                                             f"commit {commit()}.\n\n{printed.getvalue().replace('# ', '', 1)}")
 

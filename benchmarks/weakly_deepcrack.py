@@ -3,6 +3,8 @@
     python -m benchmarks.weakly_deepcrack --classifier-minutes 8 --segmentation-minutes 8
     python -m benchmarks.weakly_deepcrack --classifier-epochs 1 --segmentation-epochs 1 --limit-batches 2 \\
         --speed-images 2 --no-write                                                   # smoke test
+    python -m benchmarks.weakly_deepcrack --classifier-config classifier_fast_deepcrack.yaml --modes WSV \\
+        --section weakly_deepcrack_fast --workdir runs/bench_weakly_fast              # the small CPU classifier
 
 König et al.'s chain on the real DeepCrack sample (train split → classifier and pseudo labels; test split →
 metrics), with the configs of ``configs/weakly/``:
@@ -70,6 +72,21 @@ def generator_speed(checkpoint: Path, root: Path, n_images: int, runs: int) -> d
     return speeds
 
 
+def describe_classifier(config: Path) -> str:
+    """One sentence on the classifier a config trains (backbone, weights, optimiser)."""
+    args = yaml.safe_load(config.read_text())["model"]["init_args"]
+    backbone, weights, extra = args.get("backbone"), args.get("weights"), args.get("backbone_kwargs")
+    if weights == "offline":
+        origin = "with the offline ImageNet weights"
+    elif weights in (None, "null", "none"):
+        origin = "from random weights"
+    else:
+        origin = f"with weights {weights!r}"
+    shape = f" ({', '.join(f'{k} {v}' for k, v in extra.items())})" if extra else ""
+    return (f"{backbone}{shape} {origin} (the paper: ResNet50, ImageNet), SGD lr {args.get('lr')} "
+            f"schedule {args.get('lr_schedule')}")
+
+
 def fmt(value: float | None, digits: int = 4) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
@@ -85,12 +102,13 @@ def run(args: argparse.Namespace) -> str:
     torch.set_num_threads(usable_cores())
 
     # 1. classifier on 128² windows
-    config = CONFIGS / "classifier_deepcrack.yaml"
+    config = CONFIGS / args.classifier_config
     classifier = fit_and_test(config, workdir / "classifier", ["--data.init_args.source.init_args.root", str(root),
                                                                *limits],
                               max_time_minutes=args.classifier_minutes,
                               max_epochs=args.classifier_epochs or config_epochs(config), test_checkpoint="last.ckpt")
     checkpoint = workdir / "classifier" / "checkpoints" / "last.ckpt"
+    config_classifier = config
 
     # 2. pseudo labels of every training image, and the two generators' speed in this run
     labels = workdir / "pseudo_labels"
@@ -107,6 +125,8 @@ def run(args: argparse.Namespace) -> str:
     unet = {}
     width = ["--model.init_args.base_channels", str(args.unet_width)]
     for mode, data_root in (("FSV", root), ("WSV", labels)):
+        if mode not in args.modes:
+            continue
         config = CONFIGS / f"unet_{mode.lower()}_deepcrack.yaml"
         unet[mode] = fit_and_test(config, workdir / f"unet_{mode.lower()}", ["--data.init_args.root", str(data_root),
                                                                             *width, *limits],
@@ -121,7 +141,11 @@ def run(args: argparse.Namespace) -> str:
         rows_unet.append(f"| {mode} | {fmt(r.get('test/ods'))} | {fmt(r.get('test/ois'))} | {fmt(r.get('test/ap'))} | "
                          f"{result.epochs} ({result.steps}), {result.train_seconds / 60:.1f} min | "
                          f"{paper[0]:.4f} / {paper[1]:.4f} / {paper[2]:.4f} |")
-    budget = (("classifier_minutes", args.classifier_minutes), ("classifier_epochs", args.classifier_epochs),
+    budget = (("classifier_config", None if args.classifier_config == "classifier_deepcrack.yaml"
+               else args.classifier_config), ("modes", None if set(args.modes) == {"FSV", "WSV"}
+                                             else " ".join(args.modes)),
+              ("section", None if args.section == "weakly_deepcrack" else args.section),
+              ("classifier_minutes", args.classifier_minutes), ("classifier_epochs", args.classifier_epochs),
               ("segmentation_minutes", args.segmentation_minutes), ("segmentation_epochs", args.segmentation_epochs),
               ("unet_width", args.unet_width), ("limit_batches", args.limit_batches))
     command = " ".join(["python -m benchmarks.weakly_deepcrack",
@@ -130,9 +154,9 @@ def run(args: argparse.Namespace) -> str:
 
 Command: `{command}`; date {dt.date.today().isoformat()}; machine: {machine()}; commit {commit()}.
 
-Classifier (`configs/weakly/classifier_deepcrack.yaml`): EfficientNet-Lite0 with the offline ImageNet weights (the
-paper: ResNet50), 128² windows with stride 64 of the DeepCrack training images (60 held out for validation), SGD
-lr 1e-3 ÷10 per epoch; {classifier.epochs} epoch(s), {classifier.steps} steps, {classifier.train_seconds / 60:.1f} min;
+Classifier (`configs/weakly/{args.classifier_config}`): {describe_classifier(config_classifier)}, 128² windows with
+stride 64 of the DeepCrack training images (60 held out for validation); {classifier.epochs} epoch(s),
+{classifier.steps} steps, {classifier.train_seconds / 60:.1f} min;
 its last checkpoint makes the pseudo labels. Test windows of the 237 test images:
 
 | patch classification | F1 | precision | recall |
@@ -173,7 +197,7 @@ thresholds 0.01…0.99, König et al. eqs. 9–11); paper: Table VI (DCD, 30 epo
 {chr(10).join(rows_unet)}
 """
     if not args.no_write:
-        write_section("weakly_deepcrack", text)
+        write_section(args.section, text)
     print(text)
     return text
 
@@ -182,6 +206,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", default=str(SHARED_DATA / "deepcrack" / "DeepCrack"), help="DeepCrack folder")
     parser.add_argument("--workdir", default=str(REPO / "runs" / "bench_weakly_deepcrack"))
+    parser.add_argument("--classifier-config", dest="classifier_config", default="classifier_deepcrack.yaml",
+                        help="classifier config in configs/weakly/")
+    parser.add_argument("--modes", nargs="+", default=["FSV", "WSV"], choices=["FSV", "WSV"],
+                        help="U-Net trainings to run (real masks, pseudo labels)")
+    parser.add_argument("--section", default="weakly_deepcrack", help="section of benchmarks/RESULTS.md to write")
     parser.add_argument("--classifier-minutes", dest="classifier_minutes", type=float, default=None)
     parser.add_argument("--classifier-epochs", dest="classifier_epochs", type=int, default=None)
     parser.add_argument("--segmentation-minutes", dest="segmentation_minutes", type=float, default=None)

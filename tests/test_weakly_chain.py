@@ -81,3 +81,24 @@ def test_chain_on_real_deepcrack(workdir: Path) -> None:
     limits = ["--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2"]
     _chain(workdir, "deepcrack", {"root": str(root), "val_fraction": 0.25},
            ["--data.class_path", "DeepCrackDataModule", "--data.init_args.root", str(root)], limits)
+
+
+def test_fast_cpu_classifier_config_trains_and_pseudo_labels(workdir: Path) -> None:
+    """configs/weakly/classifier_fast_deepcrack.yaml (narrow ResNet-10-T from random weights) on a fake DeepCrack:
+    it builds the small network its header promises, trains, and its checkpoint makes pseudo labels."""
+    from crackseg.lightning_modules import CrackClassifier
+    from tests.fakes import make_deepcrack
+
+    root = make_deepcrack(workdir / "deepcrack", n_train=4, n_test=2, size=(128, 160))
+    config = _config("classifier_fast_deepcrack", workdir, {}, {"batch_size": 4, "eval_batch_size": 16},
+                     {"root": str(root)})
+    main(["fit", "--config", str(config), *TINY_TRAINER, "--trainer.limit_train_batches", "3"])
+    checkpoint = workdir / "runs/weakly_classifier_fast_deepcrack/checkpoints/last.ckpt"
+    model = CrackClassifier.load_from_checkpoint(checkpoint, weights_only=True)
+    assert model.net.weights_source == "random" and model.net.channels == 128
+    assert sum(p.numel() for p in model.net.backbone.parameters()) < 350_000  # ResNet50's backbone: 23.5 M
+    report = main(["pseudo-label", "--ckpt_path", str(checkpoint), "--data.class_path", "DeepCrackDataModule",
+                   "--data.init_args.root", str(root), "--data.init_args.val_fraction", "0", "--out",
+                   str(workdir / "labels"), "--device", "cpu", "--progress", "false", "--params.below_min", "empty"])
+    assert report["images"] == report["labelled"] == 4
+    assert len(list((workdir / "labels" / "train_lab").glob("*.png"))) == 4
