@@ -201,7 +201,8 @@ class LastModelCheckpoint(ModelCheckpoint):
     """
 
     def _save_last_if_due(self, trainer: Trainer, at_train_epoch_end: bool) -> None:
-        if not self.save_last or self._should_skip_saving_checkpoint(trainer):  # skipped: already saved at this step
+        # save_last "link" keeps Lightning's meaning (a link to the newest top-k file); skipped: saved at this step
+        if self.save_last is not True or self._should_skip_saving_checkpoint(trainer):
             return
         if self._should_save_on_train_epoch_end(trainer) == at_train_epoch_end:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
