@@ -144,7 +144,7 @@ def run(models: Sequence[str], n_images: int, runs: int, reference_runs: int, de
         classifier = StandInClassifier(name) if checkpoint is None else load_classifier(checkpoint)
         fast = FastPseudoLabeler(classifier, device=device, batch_size=batch_size)
         reference = ReferencePseudoLabeler(classifier, device=device, batch_size=batch_size)
-        fast(images[:1])  # warm-up (allocators, oneDNN kernels)
+        fast(images)  # warm-up on the timed batch (allocators, oneDNN kernels for every batch shape)
         fast_time, fast_cpu, fast_labels = timed(lambda fast=fast: fast(images), runs)
         reference_time, reference_cpu, reference_labels = timed(lambda reference=reference: reference(images),
                                                                 reference_runs)
