@@ -164,6 +164,34 @@ def run(models: Sequence[str], n_images: int, runs: int, reference_runs: int, de
         print(f"\nload average at the end: {os.getloadavg()[0]:.2f} (other processes share the CPU)")
 
 
+def precision_table(models: Sequence[str], n_images: int, runs: int, device: str, batch_size: int,
+                    checkpoints: Sequence[str] = ()) -> None:
+    """Fast generator in float32 and with bf16 autocast of the patch classification: images/s and label agreement."""
+    from crackseg.pseudolabels.dataset import load_classifier
+
+    images, origin = load_images(n_images)
+    print(f"# Patch classification precision: {n_images} images of 480x320 ({origin}), device {device}, "
+          f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}\n")
+    print("| classifier | fast img/s, float32 | fast img/s, bf16 autocast | speed-up | label IoU bf16 vs float32 "
+          "(mean, min) | crack pixels float32 / bf16 |")
+    print("|---|---|---|---|---|---|")
+    entries: list[tuple[str, Any]] = [(name, None) for name in models] + [(f"trained: {p}", p) for p in checkpoints]
+    for name, checkpoint in entries:
+        torch.manual_seed(0)
+        classifier = StandInClassifier(name) if checkpoint is None else load_classifier(checkpoint)
+        speed, labels = {}, {}
+        for precision in ("32", "bf16"):
+            generator = FastPseudoLabeler(classifier, device=device, batch_size=batch_size, precision=precision)
+            generator(images)  # warm-up
+            wall, _, result = timed(lambda generator=generator: generator(images), runs)
+            speed[precision], labels[precision] = n_images / wall, result
+        pairs = list(zip(labels["32"], labels["bf16"], strict=True))  # type: ignore[arg-type]
+        scores = [iou(a.label, b.label) for a, b in pairs]
+        pixels = [sum(label.crack_pixels for label in labels[p]) for p in ("32", "bf16")]  # type: ignore[union-attr]
+        print(f"| {name} | {speed['32']:.2f} | {speed['bf16']:.2f} | {speed['bf16'] / speed['32']:.2f} | "
+              f"{np.mean(scores):.4f}, {min(scores):.4f} | {pixels[0]} / {pixels[1]} |", flush=True)
+
+
 def agreement(n_images: int, device: str, batch_size: int) -> None:
     """IoU of the fast and reference labels, and equality of their threshold masks, on more real images.
 
@@ -213,14 +241,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--checkpoint", nargs="*", default=[], help="trained CrackClassifier checkpoints to time too")
     parser.add_argument("--agreement_images", type=int, default=0,
                         help="also check fast vs reference on this many CrackForest + DeepCrack images")
+    parser.add_argument("--precision_table", action="store_true",
+                        help="instead of the speed table: float32 vs bf16 autocast of the patch classification")
+    parser.add_argument("--section", default="pseudo_label_speed", help="section of benchmarks/RESULTS.md to write")
     parser.add_argument("--write", action="store_true",
-                        help="record the printed tables as the section pseudo_label_speed of benchmarks/RESULTS.md")
+                        help="record the printed tables as the section --section of benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     printed = io.StringIO()
     with contextlib.redirect_stdout(_Tee(sys.stdout, printed)):
-        if args.models or args.checkpoint:
+        if args.precision_table:
+            precision_table(args.models, args.images, args.runs, args.device, args.batch_size, args.checkpoint)
+        elif args.models or args.checkpoint:
             run(args.models, args.images, args.runs, args.reference_runs, args.device, args.batch_size,
                 args.checkpoint)
         if args.agreement_images:
@@ -229,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         from benchmarks.common import commit, write_section
 
         command = "python benchmarks/pseudo_label_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_section("pseudo_label_speed", f"## Pseudo-label generator speed\n\n"
+        title = "Pseudo-label patch classification in bf16" if args.precision_table else "Pseudo-label generator speed"
+        write_section(args.section, f"## {title}\n\n"
                                             f"Command: `{command}`; date {datetime.date.today().isoformat()}; "
                                             f"commit {commit()}.\n\n{printed.getvalue().replace('# ', '', 1)}")
 

@@ -244,6 +244,27 @@ def test_labels_find_the_cracks_and_rule_f_drops_empty_ones() -> None:
     assert all(label.kept == (label.crack_pixels >= 100) for label in labels)
 
 
+def test_reduced_precision_patch_passes_stay_close_to_float32() -> None:
+    """``precision="bf16"`` (autocast of the patch classification) gives nearly the float32 labels; GradCAM++ and the
+    thresholding are untouched; an unknown precision is refused."""
+    images = synthetic_images()
+    classifier = fakes.TinyCrackClassifier()
+    full = FastPseudoLabeler(classifier, device="cpu")(images, keep_stages=True)
+    half = FastPseudoLabeler(classifier, device="cpu", precision="bf16")(images, keep_stages=True)
+    changed, ious = 0, []
+    for a, b in zip(full, half, strict=True):
+        assert np.array_equal(a.stages["threshold_mask"], b.stages["threshold_mask"])
+        np.testing.assert_array_equal(a.stages["cam"], b.stages["cam"])
+        assert np.abs(a.stages["patch_map"] - b.stages["patch_map"]).max() < 0.05
+        changed += int(not np.array_equal(a.stages["patch_map"], b.stages["patch_map"]))
+        assert np.mean(a.label != b.label) < 0.02  # a few pixels of these small images (measured: <= 1 %)
+        ious.append(iou(a.label, b.label))
+    assert changed > 0  # bf16 really ran
+    assert np.mean(ious) >= 0.95
+    with pytest.raises(ValueError, match="precision"):
+        FastPseudoLabeler(classifier, device="cpu", precision="8")  # type: ignore[arg-type]
+
+
 def test_config_and_input_checks() -> None:
     with pytest.raises(ValueError, match="threshold_stride"):
         PseudoLabelConfig(threshold_stride=5)
@@ -293,7 +314,11 @@ def test_pseudo_label_command_writes_a_deepcrack_dataset(source: Path, checkpoin
     for key in ("ods", "ois", "ap", "precision", "recall", "f1", "iou"):
         assert 0.0 <= quality["quality"]["all"][key] <= 1.0
     assert quality["quality"]["kept"]["iou"] > 0.5 and quality["images_per_second"] > 0
+    assert quality["precision"] == "32"
     assert '"quality"' in capsys.readouterr().out
+    bf16 = pseudo_label(source, checkpoint, tmp_path / "bf16", "--precision", "bf16")
+    assert json.loads((tmp_path / "bf16" / "quality.json").read_text())["precision"] == "bf16"
+    assert abs(bf16["labelled"] - report["labelled"]) <= 1
 
     data = DeepCrackDataModule(root=out, crop_size=32, val_fraction=0.25)
     data.setup("fit")

@@ -4,7 +4,7 @@
 
     crackseg pseudo-label --ckpt_path classifier.ckpt --data DeepCrackDataModule \\
         --data.init_args.root /data/DeepCrack --out runs/pseudo_deepcrack [--split train] \\
-        [--generator fast|reference] [--device auto] [--include_test false] [--batch_size 256] \\
+        [--generator fast|reference] [--device auto] [--include_test false] [--batch_size 256] [--precision 32] \\
         [--params.bilateral_diameter 5] [--overwrite true]
     crackseg pseudo-label --config configs/.../fit.yaml --ckpt_path ... --out ...   # its data: section
 
@@ -52,6 +52,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--include_test", type=bool, default=False,
                         help="also pseudo-label the test images and add them to train (semi-supervised)")
     parser.add_argument("--batch_size", type=int, default=256, help="patches per classifier forward pass")
+    parser.add_argument("--precision", type=Literal["32", "bf16", "16"], default="32",
+                        help="patch classification in float32 (the paper) or bf16 / 16 autocast (GPU tensor cores)")
     parser.add_argument("--images_per_batch", type=int, default=8, help="images the generator processes together")
     parser.add_argument("--overwrite", type=bool, default=False,
                         help="replace train_img/ train_lab/ test_img/ test_lab/ quality.json of a non-empty --out")
@@ -72,8 +74,9 @@ def main(args: Sequence[str] | None = None) -> dict[str, Any]:
     classifier = load_classifier(cfg.ckpt_path, cfg.classifier_class)
     report = pseudo_label_dataset(
         classifier, init.data, cfg.out, split=cfg.split, generator=cfg.generator, include_test=cfg.include_test,
-        config=init.params, device=cfg.device, batch_size=cfg.batch_size, images_per_batch=cfg.images_per_batch,
-        overwrite=cfg.overwrite, progress=cfg.progress, classifier_name=str(cfg.ckpt_path))
+        config=init.params, device=cfg.device, batch_size=cfg.batch_size, precision=cfg.precision,
+        images_per_batch=cfg.images_per_batch, overwrite=cfg.overwrite, progress=cfg.progress,
+        classifier_name=str(cfg.ckpt_path))
     summary = {key: report[key] for key in ("images", "labelled", "below_min_crack_pixels", "images_per_second")}
     print(json.dumps({**summary, "quality": report["quality"]}, indent=2))
     print(f"pseudo-labelled dataset written to {cfg.out} (DeepCrack layout; details in quality.json)")

@@ -208,6 +208,7 @@ def pseudo_label_dataset(
     config: PseudoLabelConfig | None = None,
     device: str | torch.device = "auto",
     batch_size: int = 256,
+    precision: Literal["32", "bf16", "16"] = "32",
     images_per_batch: int = 8,
     overwrite: bool = False,
     progress: bool = True,
@@ -227,6 +228,8 @@ def pseudo_label_dataset(
         config: the method's parameters (paper defaults).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         batch_size: patches per classifier forward pass.
+        precision: ``"32"``, ``"bf16"`` or ``"16"``: autocast of the patch classification (see
+            :class:`~crackseg.pseudolabels.generator.PseudoLabelGenerator`).
         images_per_batch: images the generator processes together.
         overwrite: replace ``train_img/``, ``train_lab/``, ``test_img/``, ``test_lab/`` and ``quality.json`` of a
             non-empty ``out`` (other files there are left alone).
@@ -254,7 +257,7 @@ def pseudo_label_dataset(
         raise DataError(f"the {split} split of {name} under {datamodule.root} is empty: nothing to pseudo-label")
     targets = chosen + (list(splits["test"]) if include_test and split != "test" else [])
     _check_out(out, overwrite, targets + list(splits["test"]))
-    labeller = build_generator(generator, classifier, config, device, batch_size)
+    labeller = build_generator(generator, classifier, config, device, batch_size, precision=precision)
 
     if overwrite:
         for folder in LAYOUT:
@@ -307,6 +310,7 @@ def pseudo_label_dataset(
         "classifier": classifier_name,
         "generator": generator,
         "device": str(resolve_device(device)),
+        "precision": str(precision),
         "parameters": asdict(config),
         "images": len(targets),
         "labelled": written,
