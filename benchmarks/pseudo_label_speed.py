@@ -3,6 +3,7 @@
     python benchmarks/pseudo_label_speed.py [--images 4] [--runs 3] [--threads 1] [--device cpu]
         [--models resnet10t-narrow resnet18 efficientnet_lite0 resnet50 tiny-cnn] [--agreement_images 20]
         [--checkpoint runs/weakly_classifier_fast_deepcrack/checkpoints/last.ckpt]
+    python benchmarks/pseudo_label_speed.py --precision_table --models resnet50 --section pseudo_label_precision
 
 Each classifier is a random-weight :class:`~crackseg.models.classifier.CrackClassifierNet` (timm backbone, the
 reference code's head GAP -> Dense(1000, ReLU) -> Dense(2); no weights are downloaded) with the ``CrackClassifier``
@@ -10,7 +11,8 @@ interface (ImageNet normalisation). Random weights cost the same time as trained
 meaningless, but both generators must still give the same ones. ``resnet10t-narrow`` is the small CPU classifier of
 ``configs/weakly/classifier_fast_deepcrack.yaml``; ``tiny-cnn`` (two 3 x 3 convolutions) shows the cost of
 everything but the classifier. ``--checkpoint`` adds trained ``CrackClassifier`` checkpoints (their labels mean
-something: the table then also gives their crack pixels).
+something: the table then also gives their crack pixels). ``--precision_table`` times the fast generator with the
+patch classification in float32 and in bf16 autocast instead, with the labels' agreement.
 
 The whole pipeline is timed (patch classification, GradCAM++, thresholding, merging), as images/s over the median
 of ``--runs`` runs, in wall time and in CPU time of the process (with ``--threads 1`` the CPU time is what the
