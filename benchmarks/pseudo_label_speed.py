@@ -32,7 +32,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,17 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
+def classifiers(models: Sequence[str], checkpoints: Sequence[str]) -> Iterator[tuple[str, Any]]:
+    """``(row name, classifier)``: a seeded random-weight stand-in per model name, then each trained checkpoint."""
+    from crackseg.pseudolabels.dataset import load_classifier
+
+    for name in models:
+        torch.manual_seed(0)
+        yield name, StandInClassifier(name)
+    for path in checkpoints:
+        yield f"trained: {path}", load_classifier(path)
+
+
 def run(models: Sequence[str], n_images: int, runs: int, reference_runs: int, device: str,
         batch_size: int, checkpoints: Sequence[str] = ()) -> None:
     images, origin = load_images(n_images)
@@ -138,12 +149,7 @@ def run(models: Sequence[str], n_images: int, runs: int, reference_runs: int, de
           "(CPU time) | fast: patches / GradCAM++ / thresholding / rest (CPU ms per image) | IoU fast vs reference "
           "(mean, min) | identical labels | crack pixels per label (labels kept) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    from crackseg.pseudolabels.dataset import load_classifier
-
-    entries: list[tuple[str, Any]] = [(name, None) for name in models] + [(f"trained: {p}", p) for p in checkpoints]
-    for name, checkpoint in entries:
-        torch.manual_seed(0)
-        classifier = StandInClassifier(name) if checkpoint is None else load_classifier(checkpoint)
+    for name, classifier in classifiers(models, checkpoints):
         fast = FastPseudoLabeler(classifier, device=device, batch_size=batch_size)
         reference = ReferencePseudoLabeler(classifier, device=device, batch_size=batch_size)
         fast(images)  # warm-up on the timed batch (allocators, oneDNN kernels for every batch shape)
@@ -169,18 +175,13 @@ def run(models: Sequence[str], n_images: int, runs: int, reference_runs: int, de
 def precision_table(models: Sequence[str], n_images: int, runs: int, device: str, batch_size: int,
                     checkpoints: Sequence[str] = ()) -> None:
     """Fast generator in float32 and with bf16 autocast of the patch classification: images/s and label agreement."""
-    from crackseg.pseudolabels.dataset import load_classifier
-
     images, origin = load_images(n_images)
     print(f"# Patch classification precision: {n_images} images of 480x320 ({origin}), device {device}, "
           f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}\n")
     print("| classifier | fast img/s, float32 | fast img/s, bf16 autocast | speed-up | label IoU bf16 vs float32 "
           "(mean, min) | crack pixels float32 / bf16 |")
     print("|---|---|---|---|---|---|")
-    entries: list[tuple[str, Any]] = [(name, None) for name in models] + [(f"trained: {p}", p) for p in checkpoints]
-    for name, checkpoint in entries:
-        torch.manual_seed(0)
-        classifier = StandInClassifier(name) if checkpoint is None else load_classifier(checkpoint)
+    for name, classifier in classifiers(models, checkpoints):
         speed, labels = {}, {}
         for precision in ("32", "bf16"):
             generator = FastPseudoLabeler(classifier, device=device, batch_size=batch_size, precision=precision)

@@ -102,13 +102,13 @@ def run(args: argparse.Namespace) -> str:
     torch.set_num_threads(usable_cores())
 
     # 1. classifier on 128² windows
-    config = CONFIGS / args.classifier_config
-    classifier = fit_and_test(config, workdir / "classifier", ["--data.init_args.source.init_args.root", str(root),
-                                                               *limits],
+    classifier_config = CONFIGS / args.classifier_config
+    classifier = fit_and_test(classifier_config, workdir / "classifier",
+                              ["--data.init_args.source.init_args.root", str(root), *limits],
                               max_time_minutes=args.classifier_minutes,
-                              max_epochs=args.classifier_epochs or config_epochs(config), test_checkpoint="last.ckpt")
+                              max_epochs=args.classifier_epochs or config_epochs(classifier_config),
+                              test_checkpoint="last.ckpt")
     checkpoint = workdir / "classifier" / "checkpoints" / "last.ckpt"
-    config_classifier = config
 
     # 2. pseudo labels of every training image, and the two generators' speed in this run
     labels = workdir / "pseudo_labels"
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> str:
 
 Command: `{command}`; date {dt.date.today().isoformat()}; machine: {machine()}; commit {commit()}.
 
-Classifier (`configs/weakly/{args.classifier_config}`): {describe_classifier(config_classifier)}, 128² windows with
+Classifier (`configs/weakly/{args.classifier_config}`): {describe_classifier(classifier_config)}, 128² windows with
 stride 64 of the DeepCrack training images (60 held out for validation); {classifier.epochs} epoch(s),
 {classifier.steps} steps, {classifier.train_seconds / 60:.1f} min;
 its last checkpoint makes the pseudo labels. Test windows of the 237 test images:

@@ -197,7 +197,7 @@ def _crack_limits(levels: Tensor, lo: Tensor, spread: Tensor) -> Tensor:
     hist = torch.zeros_like(levels).scatter_add_(1, bins, levels)  # levels outside [lo, hi] add 0
     thresholds, valid = multiotsu_thresholds(hist)
     k0 = thresholds[:, :1].to(torch.int32)
-    limit = lo + ((2 * k0 + 1) * spread + 511) // 512
+    limit = lo + ((2 * k0 + 1) * spread + 511) // 512  # <= hi <= 255
     return torch.where(valid[:, None], limit, torch.zeros_like(limit))
 
 
@@ -239,8 +239,8 @@ def grid_crack_mask(grey: Tensor, size: int = 32, stride: int = 8) -> Tensor:
     each pixel touched about once instead of ``(size / stride)^2`` times, because a patch is a
     ``k x k`` block of ``stride x stride`` cells (``k = size / stride``):
 
-    * a patch's grey-level histogram is the sum of its cells' histograms (one ``bincount`` of the image, then a
-      summed-area table over the cells), its minimum / maximum the min / max of its cells';
+    * a patch's grey-level histogram is the sum of its cells' histograms (one ``bincount`` of the image, then
+      ``k`` shifted sums down and ``k`` across), its minimum / maximum the min / max of its cells';
     * "``v`` below the limit of every covering patch" is "``v`` below the smallest limit of the patches covering
       its cell" (a ``k x k`` min-pool of the patch limits), one comparison per pixel.
 
