@@ -81,7 +81,8 @@ def test_fit_test_predict_with_calibrated_threshold(workdir: Path) -> None:
     cli = main(["test", *common, *TINY_TRAINER, *writer, "--ckpt_path", str(ckpt_dir / "best.ckpt")])
     metrics = cli.trainer.callback_metrics
     assert float(metrics["test/pixel_threshold"]) == pytest.approx(calibrated)
-    for key in ("test/ods", "test/ois", "test/ap", "test/iou", "test/region_f1", "test/image_f1"):
+    for key in ("test/ods", "test/ois", "test/ap", "test/ods_dataset", "test/ap_dataset", "test/iou", "test/region_f1",
+                "test/image_f1"):
         assert 0.0 <= float(metrics[key]) <= 1.0
     masks = sorted((workdir / "out/test/masks").glob("*.png"))
     assert len(masks) == 4

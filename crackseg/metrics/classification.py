@@ -103,7 +103,13 @@ class ImageMetrics(nn.Module):
         self.labels.update(labels)
 
     def compute(self) -> dict[str, Tensor]:
-        """Return the metric dict described in the class docstring."""
+        """Return the metric dict described in the class docstring (every value nan, the confusion matrix
+        zeros, when no image was seen)."""
+        if not self.scores.update_count:
+            nan = torch.tensor(float("nan"))
+            out = {key: nan.clone() for key in (*self.binary.keys(), "image_auroc", "image_auprc")}
+            out["confusion_matrix"] = torch.zeros(2, 2, dtype=torch.long)
+            return out
         out = {key: value.float() for key, value in self.binary.compute().items()}
         confmat = self.confusion_matrix.compute()
         scores = self.scores.compute().reshape(-1)

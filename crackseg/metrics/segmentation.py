@@ -97,6 +97,20 @@ def _is_empty(state: Tensor | list[Tensor]) -> bool:
     return state.numel() == 0
 
 
+def sweep_thresholds(count: int = 99) -> Tensor:
+    """``count`` evenly spaced thresholds from 0.01 to 0.99 (float64), each the nearest double to its decimal.
+
+    Built as integers divided by their denominator: ``linspace(0.01, 0.99, 99)`` is one ulp low at 7 values
+    (0.07 becomes 0.06999...), so a prediction of exactly 0.07 would count as above it, unlike in the
+    papers' ``np.arange(1, 100) / 100`` grids.
+    """
+    if count == 1:
+        return torch.tensor([0.01], dtype=torch.float64)
+    # t_k = 0.01 + 0.98 k / (count - 1) = (count - 1 + 98 k) / (100 (count - 1)), exact in integers
+    k = torch.arange(count, dtype=torch.float64)
+    return (count - 1 + 98 * k) / (100 * (count - 1))
+
+
 class ThresholdSweepF1(Metric):
     """ODS, OIS and AP over a fixed threshold sweep (König et al. 2021, eqs. 9-11).
 
@@ -126,9 +140,12 @@ class ThresholdSweepF1(Metric):
     Predictions are expected to be probabilities in ``[0, 1]`` (not checked here).
 
     Args:
-        thresholds: number ``T`` of thresholds in ``linspace(0.01, 0.99, T)`` (default 99: 0.01, 0.02, ...,
-            0.99) or a 1-D tensor of thresholds (sorted internally).
-        average: ``"image"`` (König) or ``"dataset"`` for ODS and AP.
+        thresholds: number ``T`` of evenly spaced thresholds from 0.01 to 0.99 (:func:`sweep_thresholds`;
+            default 99: exactly 0.01, 0.02, ..., 0.99) or a 1-D tensor of thresholds (sorted internally).
+        average: ``"image"`` (König) or ``"dataset"`` (DeepSegmentor, SCNet) for ODS and AP; ``"both"``
+            returns the image averages under their names and the dataset ones as ``"ods_dataset"``,
+            ``"ap_dataset"``, ``"ods_dataset_threshold"`` (one state: the dataset sums come from the same
+            per-image counts).
         **kwargs: forwarded to :class:`torchmetrics.Metric`.
     """
 
@@ -143,21 +160,21 @@ class ThresholdSweepF1(Metric):
     def __init__(
         self,
         thresholds: int | Tensor = 99,
-        average: Literal["image", "dataset"] = "image",
+        average: Literal["image", "dataset", "both"] = "image",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if isinstance(thresholds, int):
             if thresholds < 1:
                 raise ValueError(f"thresholds must be >= 1, got {thresholds}")
-            thr = torch.linspace(0.01, 0.99, thresholds, dtype=torch.float64)
+            thr = sweep_thresholds(thresholds)
         else:
             thr = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
             if thr.numel() == 0:
                 raise ValueError("thresholds must not be empty")
             thr = thr.sort().values
-        if average not in ("image", "dataset"):
-            raise ValueError(f"average must be 'image' or 'dataset', got {average!r}")
+        if average not in ("image", "dataset", "both"):
+            raise ValueError(f"average must be 'image', 'dataset' or 'both', got {average!r}")
         self.average = average
         # float64 master copy on the CPU; not a buffer, so `.half()` cannot round it.
         self._thresholds = thr
@@ -208,10 +225,15 @@ class ThresholdSweepF1(Metric):
         self.fn.append(fn.reshape(-1).float())
 
     def compute(self) -> dict[str, Tensor]:
-        """Return ``{"ods", "ois", "ap", "ods_threshold"}`` as scalar float tensors (nan without data)."""
+        """Return ``{"ods", "ois", "ap", "ods_threshold"}`` as scalar float tensors (nan without data); with
+        ``average="both"`` also ``"ods_dataset"``, ``"ap_dataset"`` and ``"ods_dataset_threshold"``."""
+        # (average, suffix of its keys)
+        averages = [("image", ""), ("dataset", "_dataset")] if self.average == "both" else [(self.average, "")]
         if _is_empty(self.tp):
             nan = torch.tensor(float("nan"), device=self.device)
-            return {"ods": nan, "ois": nan.clone(), "ap": nan.clone(), "ods_threshold": nan.clone()}
+            keys = ["ois"] + [f"{name}{suffix}" for _, suffix in averages for name in ("ods", "ap")]
+            keys += [f"ods{suffix}_threshold" for _, suffix in averages]
+            return {key: nan.clone() for key in keys}
         thr = self._thresholds
         tp = dim_zero_cat(self.tp).double().view(-1, thr.numel())
         fp = dim_zero_cat(self.fp).double().view(-1, thr.numel())
@@ -219,23 +241,18 @@ class ThresholdSweepF1(Metric):
         thr = thr.to(tp.device)
 
         pr_img, re_img, f1_img = _prf(tp, fp, fn)  # (N, T)
-        ois = f1_img.max(dim=1).values.mean()
-        if self.average == "image":
-            f1_t = f1_img.mean(0)
-            pr_t = pr_img.mean(0)
-            re_t = re_img.mean(0)
-        else:
-            pr_t, re_t, f1_t = _prf(tp.sum(0), fp.sum(0), fn.sum(0))
-        best = torch.argmax(f1_t)
-        ods = f1_t[best]
-        re_next = torch.cat([re_t[1:], re_t.new_zeros(1)])
-        ap = ((re_t - re_next).abs() * pr_t).sum()
-        return {
-            "ods": ods.float(),
-            "ois": ois.float(),
-            "ap": ap.float(),
-            "ods_threshold": thr[best].float(),
-        }
+        out = {"ois": f1_img.max(dim=1).values.mean().float()}
+        for average, suffix in averages:
+            if average == "image":
+                pr_t, re_t, f1_t = pr_img.mean(0), re_img.mean(0), f1_img.mean(0)
+            else:
+                pr_t, re_t, f1_t = _prf(tp.sum(0), fp.sum(0), fn.sum(0))
+            best = torch.argmax(f1_t)
+            re_next = torch.cat([re_t[1:], re_t.new_zeros(1)])
+            out[f"ods{suffix}"] = f1_t[best].float()
+            out[f"ap{suffix}"] = ((re_t - re_next).abs() * pr_t).sum().float()
+            out[f"ods{suffix}_threshold"] = thr[best].float()
+        return out
 
 
 class RegionF1(Metric):
@@ -522,7 +539,10 @@ class RankCurves(Metric):
         self.targets.append((target.flatten() > 0).float())
 
     def compute(self) -> dict[str, Tensor]:
-        """``{"auroc", "auprc"}`` (nan when undefined, as :class:`BinnedCurves`)."""
+        """``{"auroc", "auprc"}`` (nan when undefined, as :class:`BinnedCurves`, or without data)."""
+        if _is_empty(self.scores):
+            nan = torch.tensor(float("nan"), device=self.device)
+            return {"auroc": nan, "auprc": nan.clone()}
         scores, targets = dim_zero_cat(self.scores), dim_zero_cat(self.targets).long()
         nan = torch.tensor(float("nan"), device=scores.device)
         n_pos = int(targets.sum())
@@ -539,8 +559,11 @@ class SegmentationMetrics(nn.Module):
 
     ``update(probs, target, threshold)`` feeds:
 
-    * :class:`ThresholdSweepF1` -> ``"ods"``, ``"ois"``, ``"ap"``, ``"ods_threshold"`` (sweep uses
-      ``probs > t``);
+    * :class:`ThresholdSweepF1` -> ``"ods"``, ``"ois"``, ``"ap"``, ``"ods_threshold"`` (König et al.: per-image
+      means) and ``"ods_dataset"``, ``"ap_dataset"``, ``"ods_dataset_threshold"`` (TP / FP / FN summed over
+      the whole set, the "F1" of SCNet and DeepCrack's DeepSegmentor ``prf_metrics``); the sweep uses
+      ``probs > t`` at t = 0.01, ..., 0.99. Per-image ODS gives a crack-free image F1 = 0 whatever is
+      predicted; the dataset figures count its false positives;
     * ``"auroc"``, ``"auprc"``: :class:`BinnedCurves` with ``binned_auc_thresholds`` uniform bins (bounded
       memory, linear time), or torchmetrics' exact ``BinaryAUROC`` / ``BinaryAveragePrecision`` with ``None``
       (stores every pixel); nan when the target has a single class -- for ``"auprc"`` only when it has no
@@ -580,7 +603,7 @@ class SegmentationMetrics(nn.Module):
         if unbounded:  # anomaly scores: no [0, 1] sweep; exact rank-based curves
             threshold_sweep, binned_auc_thresholds = False, None
         self.unbounded = unbounded
-        self.sweep: ThresholdSweepF1 | None = ThresholdSweepF1() if threshold_sweep else None
+        self.sweep: ThresholdSweepF1 | None = ThresholdSweepF1(average="both") if threshold_sweep else None
         self.region: RegionF1 | None = RegionF1(validate_args=False) if region_f1 else None
         self.aupro: AUPRO | None = AUPRO() if aupro else None
         # Inputs of the torchmetrics metrics are validated/binarised here, so their own checks are skipped.
