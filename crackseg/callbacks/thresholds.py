@@ -167,7 +167,8 @@ class F1Threshold(_ScoreCollector):
 
     Every distinct validation score is tried (an exact sweep), and the F1-maximising one is kept. At
     pixel level this is one threshold for the whole dataset (ODS style) computed from all validation
-    pixels of images with masks (subsampled per image to bound memory); at image level, from the
+    pixels of images with known masks, crack-free images included (``has_mask``; subsampled per image to
+    bound memory); at image level, from the
     image scores and labels.
 
     Args:

@@ -5,7 +5,11 @@ A batch is a dict:
 - ``image``: float32 (B, 3, H, W) in [0, 1], RGB (normalisation belongs to the model, so it is
   exported with it);
 - ``mask``: float32 (B, 1, H, W) in {0, 1}, zeros where the sample has no mask;
-- ``has_mask``: bool (B,);
+- ``has_mask``: bool (B,): the mask is ground truth: read from the sample's mask file, or all zeros for a
+  crack-free sample (label 0: METU / Özgenel negatives, MVTec ``good``, a folder's normal images). Such an
+  image counts in every pixel metric, in threshold calibration and in the loss, as MVTec's evaluation and
+  anomalib count it: a model that paints cracks on clean surfaces is charged for them. False only for a
+  defective or unlabelled image without a mask file;
 - ``label``: int64 (B,), 1 = defective / crack, 0 = normal, -1 = unknown;
 - ``path``: list of the sample ids: the image path, followed by ``#r<row>c<col>of<grid>`` for a tile of
   a grid-cut image (:func:`sample_id`); ``orig_size``: int64 (B, 2), (height, width) on disk (of the
@@ -208,10 +212,10 @@ class CrackDataset(Dataset):
         sample = self.samples[index]
         image, mask = self.load(index)
         orig_size = image.shape[:2]
-        has_mask = mask is not None
+        label = sample.label
+        has_mask = mask is not None or label == 0  # a crack-free image's mask is known: all zeros
         if mask is None:
             mask = np.zeros(image.shape[:2], dtype=np.uint8)
-        label = sample.label
         if label < 0 and has_mask:
             label = int(mask.any())
         if self.synthesizer is not None and label == 1:

@@ -50,12 +50,13 @@ class SupervisedSegmentation(CrackSegModule):
         """The network is given to the constructor (``net``) and assigned after the base set-up."""
 
     def compute_loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Deep-supervision loss on the images whose pixels are known: a mask, or a crack-free image.
+        """Deep-supervision loss on the images whose pixels are known (``has_mask``: a mask, or a crack-free
+        image).
 
         Defective images without a mask (e.g. Özgenel positives without annotation) are left out of the
         pixel loss instead of being taught as all-background.
         """
-        known = batch["has_mask"] | (batch["label"] == 0)
+        known = batch["has_mask"]
         if not bool(known.all()):
             if not bool(known.any()):
                 zero = outputs["logits"].sum() * 0.0
@@ -103,18 +104,30 @@ class DeepCrackLiu(SupervisedSegmentation):
 
     Defaults follow the DeepSegmentor code: focal loss (α = 1, γ = 2) on the fused and the five side
     outputs with side weights (0.5, 0.75, 1.0, 0.75, 0.5), SGD lr 1e-4, momentum 0.9, weight decay
-    2e-4, Xavier initialisation, RGB scaled to [-1, 1].
+    2e-4, lr × 0.1 every 40 epochs (``lr_policy step``, ``lr_decay_iters 40``), Xavier initialisation with
+    gain 0.02, side and fuse convolutions without bias, RGB scaled to [-1, 1]. Its training script feeds
+    whole images resized to 544×384 with random flips and no crop or rotation
+    (``configs/deepcrack_liu/*.yaml``).
 
     Args:
         width_multiplier: scales all channel widths (1.0 = VGG-16's 64 … 512).
         loss: loss terms of the fused output.
         side_weights: side-output loss weights.
+        init_gain: gain of the Xavier initialisation (see :class:`~crackseg.models.DeepCrackLiuModel`).
+        side_bias: bias on the side-output and fuse 1×1 convolutions (DeepSegmentor: none).
+        lr_schedule: learning-rate schedule (see :class:`CrackSegModule`).
+        lr_step_epochs: epochs between two decays of ``"step"``.
         **kwargs: options of :class:`CrackSegModule`.
     """
 
     def __init__(self, width_multiplier: float = 1.0, loss: str = "focal",
-                 side_weights: Sequence[float] | None = (0.5, 0.75, 1.0, 0.75, 0.5), **kwargs: Any) -> None:
-        super().__init__(net=DeepCrackLiuModel(3, width_multiplier), loss=loss, side_weights=side_weights, **kwargs)
+                 side_weights: Sequence[float] | None = (0.5, 0.75, 1.0, 0.75, 0.5), init_gain: float = 0.02,
+                 side_bias: bool = False,
+                 lr_schedule: Literal["constant", "multistep", "epoch_step", "step", "cosine", "poly"] = "step",
+                 lr_step_epochs: int = 40, **kwargs: Any) -> None:
+        super().__init__(net=DeepCrackLiuModel(3, width_multiplier, init_gain=init_gain, side_bias=side_bias),
+                         loss=loss, side_weights=side_weights, lr_schedule=lr_schedule,
+                         lr_step_epochs=lr_step_epochs, **kwargs)
 
 
 class DeepCrackZou(SupervisedSegmentation):
@@ -172,6 +185,8 @@ class OED(SupervisedSegmentation):
         weight_decay: weight decay.
         **kwargs: options of :class:`SupervisedSegmentation` and :class:`CrackSegModule`.
     """
+
+    weight_sources = ("weights",)
 
     def __init__(self, backbone: str = "efficientnet_lite0", weights: str | None = "offline",
                  decoder_channels: Sequence[int] = OED_DECODER_CHANNELS, input_channels: int = 16,
