@@ -1,7 +1,9 @@
 """Reading images and masks from disk, with errors that name the offending file.
 
 Every loader of the package reads through these functions, so a corrupt JPEG, a 16-bit PNG, a
-palette image or a CrackForest ``.mat`` file behave the same whatever the dataset.
+palette image or a CrackForest ``.mat`` file behave the same whatever the dataset. Images and masks
+are turned upright by their EXIF orientation tag (phone and camera JPEGs), as every viewer shows them,
+so training, test, predict, tiling and pseudo-labelling all see the displayed picture.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 """File suffixes treated as images (case-insensitive)."""
@@ -40,6 +42,25 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
                   and is_image_file(p))
 
 
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright) of an opened image; 1 when absent or unreadable."""
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except (ValueError, TypeError, OSError, SyntaxError):
+        return 1
+
+
+def _open_upright(img: Image.Image) -> Image.Image:
+    """The loaded image turned by its EXIF orientation (the image itself when upright)."""
+    img.load()
+    if _exif_orientation(img) == 1:
+        return img
+    return ImageOps.exif_transpose(img)
+
+
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) of an image, reading its header only.
 
@@ -52,6 +73,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             width, height = img.size
+            if _exif_orientation(img) in _TRANSPOSED:
+                width, height = height, width
     except FileNotFoundError:
         raise DataError(f"file not found: {path}") from None
     except (UnidentifiedImageError, OSError) as err:
@@ -87,8 +110,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
     try:
-        with Image.open(path) as img:
-            img.load()
+        with Image.open(path) as raw:
+            img = _open_upright(raw)
             if img.mode == "P":
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -141,37 +164,61 @@ def read_cfd_mat(path: str | os.PathLike) -> np.ndarray:
     return (segmentation == 2).astype(np.uint8)
 
 
+def read_mask_levels(path: str | os.PathLike) -> np.ndarray:
+    """A mask file as the (H, W) values :func:`read_mask` binarises: grey levels (uint8), palette indices
+    for a palette ("P") image, or the 0 / 1 reading of a CrackForest ``.mat`` file.
+
+    Raises:
+        DataError: the file is missing or unreadable.
+    """
+    return _mask_values(Path(path))[0]
+
+
+def _mask_values(path: Path) -> tuple[np.ndarray, bool]:
+    """(values, whether they are palette indices) of a mask file, see :func:`read_mask_levels`.
+
+    A palette mask is read by index, not through its colours: a labelling tool's index 1 drawn dark red
+    would otherwise become grey 38, below any sensible threshold. An RGB(A) mask is converted to grey from
+    its colour channels (alpha is ignored); a grey + alpha ("LA") mask uses its grey channel.
+    """
+    if path.suffix.lower() == ".mat":
+        return read_cfd_mat(path), False
+    if not path.is_file():
+        raise DataError(f"mask file not found: {path}")
+    try:
+        with Image.open(path) as raw:
+            img = _open_upright(raw)
+            if img.mode == "PA":
+                img = img.getchannel(0)
+            palette = img.mode == "P"
+            array = np.asarray(img)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(f"cannot read mask {path}: {err}") from None
+    if array.size == 0:
+        raise DataError(f"mask {path} is empty")
+    if palette:
+        return array.astype(np.uint8), True
+    if array.ndim == 3:
+        if array.shape[2] < 3:  # grey + alpha
+            array = array[..., 0]
+        else:
+            array = cv2.cvtColor(np.ascontiguousarray(_to_uint8(array[..., :3])), cv2.COLOR_RGB2GRAY)
+    return _to_uint8(array), False
+
+
 def read_mask(path: str | os.PathLike, threshold: int = 127) -> np.ndarray:
     """Read a binary mask as ``uint8`` (H, W) in {0, 1}.
 
     Image masks are converted to grayscale and binarised at ``> threshold`` (DeepCrack, Crack500,
-    MVTec, magnetic tile: masks are 0/255, possibly anti-aliased); ``.mat`` files are read as
+    MVTec, magnetic tile: masks are 0/255, possibly anti-aliased); palette masks are read by index,
+    0 = background and any other index = crack (:func:`read_mask_levels`); ``.mat`` files are read as
     CrackForest ground truth. Masks stored as 0/1 images are recognised (max value 1).
 
     Raises:
         DataError: the file is missing or unreadable.
     """
-    path = Path(path)
-    if path.suffix.lower() == ".mat":
-        return read_cfd_mat(path)
-    if not path.is_file():
-        raise DataError(f"mask file not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode == "P":
-                img = img.convert("L")
-            array = np.asarray(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise DataError(f"cannot read mask {path}: {err}") from None
-    if array.ndim == 3:
-        array = cv2.cvtColor(_to_uint8(array[..., :3]), cv2.COLOR_RGB2GRAY)
-    if array.dtype == bool:
-        return array.astype(np.uint8)
-    array = _to_uint8(array) if array.dtype != np.uint8 else array
-    if array.size == 0:
-        raise DataError(f"mask {path} is empty")
-    if array.max(initial=0) <= 1:
+    array, palette = _mask_values(Path(path))
+    if palette or array.max(initial=0) <= 1:
         return (array > 0).astype(np.uint8)
     return (array > threshold).astype(np.uint8)
 

@@ -15,11 +15,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from lightning import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from crackseg.data.anomalies import AnomalySynthesizer
 from crackseg.data.dataset import CrackDataset, Sample, collate, read_sample_mask, sample_id
-from crackseg.data.io import DataError, image_size, is_image_file, list_images
+from crackseg.data.io import DataError, image_size, is_image_file, list_images, read_mask, read_mask_levels
 from crackseg.data.transforms import build_transform
 
 Split = Literal["train", "val", "test"]
@@ -233,6 +234,33 @@ class CrackDataModule(LightningDataModule):
                         f"mask {sample.mask} is {mask_size[1]}x{mask_size[0]} but image {sample.image} is "
                         f"{size[1]}x{size[0]} (width x height)")
 
+    def _train_on_normals(self) -> bool:
+        """Whether the training split holds normal images only by design (empty masks expected)."""
+        return self.train_on_normal_only or (self.synthetic_anomalies is not None
+                                             and "train" in self.synthetic_splits)
+
+    def warn_if_masks_empty(self, samples: Sequence[Sample], split: str) -> None:
+        """Warn when the split has mask files and every one of them reads as empty.
+
+        Masks are read until one shows a crack (usually the first), so this costs one file in the common
+        case. All-empty masks on a split that is trained or tested on usually mean the masks are drawn in
+        grey levels at or below ``mask_threshold`` (e.g. 0 / 1 / 2 class ids, or a dark palette colour):
+        the warning names the option and the grey levels found in the first mask file.
+        """
+        masks = list(dict.fromkeys(s.mask for s in samples if s.mask is not None))
+        if not masks:
+            return
+        for mask in masks:
+            if read_mask(mask, self.mask_threshold).any():
+                return
+        levels = np.unique(read_mask_levels(masks[0])).tolist()
+        shown = ", ".join(map(str, levels[:16])) + (", ..." if len(levels) > 16 else "")
+        rank_zero_warn(
+            f"every one of the {len(masks)} mask files of the {split} split of {type(self).__name__} under "
+            f"{self.root} is empty at data.init_args.mask_threshold={self.mask_threshold} (pixels above it are "
+            f"cracks); {masks[0]} holds the grey levels [{shown}]: lower mask_threshold if cracks are drawn "
+            "in one of them")
+
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict" and self.predict_path is not None:
             samples = predict_samples(self.predict_path)
@@ -242,6 +270,8 @@ class CrackDataModule(LightningDataModule):
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for split in wanted.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test"):
             self.check_samples(splits[split], split)
+            if split == "test" or split == "train" and not self._train_on_normals():
+                self.warn_if_masks_empty(splits[split], split)
             self.datasets[split] = self._dataset(splits[split], split)
         if stage == "predict":
             self.datasets["predict"] = (self._dataset(splits["test"], "predict") if self.predict_full_resolution()

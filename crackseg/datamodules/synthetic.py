@@ -87,6 +87,9 @@ class SyntheticCracksDataModule(CrackDataModule):
         self.prepare_root()  # cached; covers set-up without prepare_data (tests, DDP ranks)
         return super().split_samples()
 
+    def _train_on_normals(self) -> bool:
+        return super()._train_on_normals() or CRACK_FRACTIONS[self.mode]["train"] == 0
+
     def find_samples(self, split: Split) -> list[Sample]:
         folder = self.data_dir / split
         with open(folder / "labels.csv", newline="") as handle:
