@@ -2,8 +2,10 @@
 
 Structure as in the authors' DeepSegmentor code (``deepcrack_networks.py``): five VGG blocks of
 [conv 3×3 (no bias) → BN → ReLU] × (2, 2, 3, 3, 3), channels 64 → 512, 2×2 max-pooling between blocks;
-each block has a 1×1 side-output conv to one channel, upsampled bilinearly (align_corners=True) to
-the input size; the fused map is a 1×1 conv over the five side maps. All outputs are logits.
+each block has a 1×1 side-output conv to one channel (no bias), upsampled bilinearly (align_corners=True)
+to the input size; the fused map is a 1×1 conv (no bias) over the five side maps. All outputs are logits.
+Weights are initialised as DeepSegmentor's ``init_weights(init_type="xavier", init_gain=0.02)``: Xavier-normal
+convolutions with gain 0.02, batch-norm weights from N(1, 0.02²), zero biases.
 The paper's guided-filtering refinement is not part of the published code and is omitted.
 """
 
@@ -27,17 +29,21 @@ class DeepCrackLiuModel(nn.Module):
         width_multiplier: scales every block's channels (1.0 = the paper's 64 … 512); smaller values
             give a fast model for CPU tests and demos.
         init: ``"xavier"`` (the authors' default) or ``"default"`` (PyTorch's).
+        init_gain: gain of the Xavier initialisation (DeepSegmentor: 0.02; 1.0 = PyTorch's ``xavier_normal_``
+            default). With ``init="xavier"`` batch-norm weights are drawn from N(1, ``init_gain``²), as there.
+        side_bias: give the side-output and fuse 1×1 convolutions a bias (DeepSegmentor: none).
     """
 
-    def __init__(self, in_channels: int = 3, width_multiplier: float = 1.0, init: str = "xavier") -> None:
+    def __init__(self, in_channels: int = 3, width_multiplier: float = 1.0, init: str = "xavier",
+                 init_gain: float = 0.02, side_bias: bool = False) -> None:
         super().__init__()
         widths = [max(1, int(round(w * width_multiplier))) for w in VGG16_WIDTHS]
         self.stride = 2 ** (len(VGG16_BLOCKS) - 1)
         self.blocks = nn.ModuleList(
             [conv_block(in_channels if i == 0 else widths[i - 1], widths[i], n) for i, n in enumerate(VGG16_BLOCKS)])
-        self.sides = nn.ModuleList([nn.Conv2d(w, 1, 1) for w in widths])
-        self.fuse = nn.Conv2d(len(widths), 1, 1)
-        initialize_convs(self, init)
+        self.sides = nn.ModuleList([nn.Conv2d(w, 1, 1, bias=side_bias) for w in widths])
+        self.fuse = nn.Conv2d(len(widths), 1, 1, bias=side_bias)
+        initialize_convs(self, init, gain=init_gain, batch_norm_std=init_gain)
 
     def forward(self, x: Tensor) -> dict[str, Tensor | list[Tensor]]:
         size = x.shape[-2:]

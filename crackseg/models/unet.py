@@ -15,14 +15,19 @@ def conv_block(in_channels: int, out_channels: int, n_convs: int = 2, bias: bool
     return nn.Sequential(*layers)
 
 
-def initialize_convs(module: nn.Module, init: str) -> None:
-    """Xavier-normal weights and zero biases for every Conv2d (``init="xavier"``), or PyTorch's (``"default"``)."""
+def initialize_convs(module: nn.Module, init: str, gain: float = 1.0, batch_norm_std: float | None = None) -> None:
+    """Xavier-normal weights (scaled by ``gain``) and zero biases for every Conv2d (``init="xavier"``), or
+    PyTorch's (``"default"``); with ``batch_norm_std``, batch-norm weights drawn from N(1, std²) and zero biases
+    (the pix2pix / DeepSegmentor ``init_weights``)."""
     if init == "xavier":
         for m in module.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.xavier_normal_(m.weight)
+                nn.init.xavier_normal_(m.weight, gain=gain)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d) and batch_norm_std is not None:
+                nn.init.normal_(m.weight, 1.0, batch_norm_std)
+                nn.init.zeros_(m.bias)
     elif init != "default":
         raise ValueError(f"init must be 'xavier' or 'default', got {init!r}")
 
