@@ -131,11 +131,16 @@ def test_additive_map_follows_the_reference_formula() -> None:
     module = MSFlow(backbone="resnet18", weights=None, blocks=(1, 1, 1), cond_channels=8)
     zs = [torch.randn(1, 2, 4, 4), torch.randn(1, 2, 2, 2), torch.randn(1, 2, 1, 1)]
     outputs = {"z": zs, "image_size": (32, 32)}
-    logps = [torch.nn.functional.interpolate(-0.5 * (z**2).mean(1, keepdim=True), size=(32, 32), mode="bilinear",
-                                             align_corners=True) for z in zs]
-    probs = sum(torch.exp(lp - lp.max()) for lp in logps)
+
+    def up(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=True)
+
+    native = [-0.5 * (z**2).mean(1, keepdim=True) for z in zs]
+    probs = sum(up(torch.exp(lp - lp.max())) for lp in native)  # post_process: exp per scale, then upsample
     assert torch.allclose(module.anomaly_map(outputs), probs.max() - probs, atol=1e-6)
-    total = sum(logps)
+    late = sum(torch.exp(up(lp) - lp.max()) for lp in native)
+    assert not torch.allclose(module.anomaly_map(outputs), late.max() - late, atol=1e-4)  # not exp after upsampling
+    total = sum(up(lp) for lp in native)
     assert torch.allclose(module.pro_map(None, outputs), 1 - torch.exp(total - total.max()), atol=1e-6)
 
 
@@ -234,6 +239,8 @@ def _table_one(workdir: Path, dataset: str, data: dict, source: dict | None, ext
             assert list(ours) == list(pretrained)
             assert all(torch.equal(ours[k], pretrained[k].to(ours[k].device)) for k in ours)
         run = "msflow_" + dataset + ("" if task == "none" else f"_{task}")
+        if task != "none":  # MSFlow's checkpoint holds the extractor: test must not need the pre-training file
+            checkpoint.rename(checkpoint.with_name("moved.ckpt"))
         cli = main(["test", *common, "--ckpt_path", str(workdir / f"runs/{run}/checkpoints/best.ckpt")])
         results[task] = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
         for key in ("auroc", "aupro", "image_auroc"):

@@ -75,6 +75,12 @@ class CrackSegModule(LightningModule):
     #: whether :meth:`anomaly_map` returns probabilities in [0, 1] (threshold-sweep metrics need it).
     maps_are_probabilities: bool = True
 
+    #: hyper-parameters naming where initial weights come from (hub, a file, a pre-training checkpoint), which
+    #: a checkpoint's own state dict supersedes: saved as None, so rebuilding the model from its checkpoint
+    #: (``test``, ``predict``, ``export``, resumed ``fit``) needs neither the hub nor those files; the values
+    #: used are kept in the checkpoint under ``"crackseg_weight_sources"``.
+    weight_sources: tuple[str, ...] = ()
+
     def __init__(
         self,
         threshold: float | None = None,
@@ -358,8 +364,14 @@ class CrackSegModule(LightningModule):
 
     # -- checkpoint ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the module's class, so loading the checkpoint into another method fails with a clear message."""
+        """Record the module's class, so loading the checkpoint into another method fails with a clear message;
+        drop the :attr:`weight_sources` from the saved hyper-parameters (the weights are in the state dict)."""
         checkpoint["crackseg_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        used = {name: hparams[name] for name in self.weight_sources if hparams.get(name) is not None}
+        if used:
+            checkpoint["crackseg_weight_sources"] = used
+            checkpoint["hyper_parameters"] = {**hparams, **dict.fromkeys(used)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check the checkpoint holds this class; apply ``threshold`` / ``image_threshold`` given on the command

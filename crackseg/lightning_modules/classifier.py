@@ -75,6 +75,8 @@ class CrackClassifier(CrackSegModule):
         **kwargs: thresholds and other options of :class:`~crackseg.lightning_modules.CrackSegModule`.
     """
 
+    weight_sources = ("weights",)
+
     def __init__(
         self,
         backbone: str = "resnet50",

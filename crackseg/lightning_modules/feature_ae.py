@@ -71,6 +71,7 @@ class FeatureReconstruction(CrackSegModule):
     """
 
     maps_are_probabilities = False
+    weight_sources = ("weights",)
 
     def __init__(
         self,

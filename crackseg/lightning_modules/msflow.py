@@ -85,6 +85,8 @@ class ExtractorPretraining(CrackSegModule):
         **kwargs: thresholds and the other options of :class:`~crackseg.lightning_modules.CrackSegModule`.
     """
 
+    weight_sources = ("weights",)
+
     def __init__(
         self,
         backbone: str = "wide_resnet50_2",
@@ -128,11 +130,13 @@ class MSFlow(CrackSegModule):
     ``bf16-mixed`` / ``16-mixed`` only the frozen extractor runs in half precision; the flows (affine coupling
     with exp / log-determinants) run in float32 with autocast off; the likelihood and the maps are computed
     from their float32 outputs.
-    Maps (reference code ``post_process``): per scale
-    logp = −½·mean_c(z²), upsampled (bilinear, align_corners) to the input;
+    Maps (reference code ``post_process``): per scale logp = −½·mean_c(z²); upsampling is bilinear
+    (align_corners) to the input;
 
-    - ``"add"`` map (pixel AUROC, :meth:`anomaly_map`): Σ_scales exp(logp − max) subtracted from its maximum;
-    - ``"mul"`` map (AUPRO, :meth:`pro_map`; image score): exp(Σ_scales logp − max) subtracted from its maximum.
+    - ``"add"`` map (pixel AUROC, :meth:`anomaly_map`): Σ_scales upsample(exp(logp − max)), the exponential
+      taken at each scale's own resolution, subtracted from its maximum;
+    - ``"mul"`` map (AUPRO, :meth:`pro_map`; image score): exp(Σ_scales upsample(logp) − max) subtracted from
+      its maximum.
 
     "max" is each image's maximum (``map_normalization: image``, the reference code); ``none`` uses the
     largest possible value instead (logp ≤ 0), so maps are comparable across images. Image score = mean of
@@ -146,7 +150,9 @@ class MSFlow(CrackSegModule):
         weights: ImageNet extractor weights (``"hub"``, ``"offline"``, ``"auto"``, a file, null = random);
             ignored when ``extractor_checkpoint`` is given.
         extractor_checkpoint: checkpoint of an :class:`ExtractorPretraining` run (or any state dict of the
-            extractor): its encoder replaces the extractor's weights; every tensor must be there.
+            extractor): its encoder replaces the extractor's weights; every tensor must be there. Needed to
+            fit only: MSFlow's own checkpoints hold the extractor, so ``test`` / ``predict`` / ``export`` from
+            them do not read this file (it is saved as None, see ``weight_sources``).
         blocks: coupling blocks per scale ([2, 5, 8]).
         cond_channels: positional-encoding channels (64).
         clamp: affine clamping (1.9).
@@ -166,6 +172,7 @@ class MSFlow(CrackSegModule):
     """
 
     maps_are_probabilities = False
+    weight_sources = ("weights", "extractor_checkpoint")
 
     def __init__(
         self,
@@ -239,17 +246,16 @@ class MSFlow(CrackSegModule):
         dims = sum(z[0].numel() for z in zs)
         return {"loss": nll, "nll_per_dim": nll / dims}
 
-    def _upsampled_logp(self, outputs: dict[str, Any]) -> list[Tensor]:
-        """Per scale logp = −½·mean_c(z²), bilinearly upsampled to the (unpadded) input size."""
+    def _native_logp(self, outputs: dict[str, Any]) -> list[Tensor]:
+        """Per scale logp = −½·mean_c(z²) at the scale's own resolution."""
+        return [-0.5 * z.float().pow(2).mean(dim=1, keepdim=True) for z in outputs["z"]]
+
+    def _to_input(self, maps: Tensor, outputs: dict[str, Any]) -> Tensor:
+        """A scale's map bilinearly upsampled (align_corners, as the reference) to the (unpadded) input size."""
         height, width = outputs["image_size"]
         stride = self.stride
         padded = (height + (-height) % stride, width + (-width) % stride)
-        maps = []
-        for z in outputs["z"]:
-            logp = -0.5 * z.float().pow(2).mean(dim=1, keepdim=True)
-            logp = F.interpolate(logp, size=padded, mode="bilinear", align_corners=True)
-            maps.append(logp[..., :height, :width])
-        return maps
+        return F.interpolate(maps, size=padded, mode="bilinear", align_corners=True)[..., :height, :width]
 
     def _reference(self, maps: Tensor) -> Tensor:
         """Per-image maximum (reference code) or 0, the largest possible log-likelihood (``none``)."""
@@ -258,19 +264,20 @@ class MSFlow(CrackSegModule):
         return torch.zeros_like(maps[..., :1, :1])
 
     def anomaly_map(self, outputs: dict[str, Any]) -> Tensor:
-        """The additive map (pixel AUROC): max − Σ_scales exp(logp_s − max_s)."""
-        logps = self._upsampled_logp(outputs)
+        """The additive map (pixel AUROC): max − Σ_scales upsample(exp(logp_s − max_s)).
+
+        As the reference ``post_process``, each scale's likelihood exp(logp − max) is taken at the scale's
+        own resolution and then upsampled (exp of an upsampled logp would differ: exp is not linear).
+        """
+        probs = sum(self._to_input(torch.exp(lp - self._reference(lp)), outputs) for lp in self._native_logp(outputs))
         if self.hparams.map_normalization == "image":
-            # the reference normalises each scale at its own resolution; upsampling keeps the maximum
-            probs = sum(torch.exp(lp - lp.amax(dim=(-2, -1), keepdim=True)) for lp in logps)
             return probs.amax(dim=(-2, -1), keepdim=True) - probs
-        probs = sum(torch.exp(lp) for lp in logps)
-        return len(logps) - probs
+        return len(outputs["z"]) - probs
 
     def pro_map(self, maps: Tensor, outputs: dict[str, Any]) -> Tensor:
         """The multiplicative map (AUPRO, image score): max − exp(Σ_scales logp_s − max)."""
         if "mul_map" not in outputs:  # computed once per batch (image score and AUPRO both use it)
-            total = sum(self._upsampled_logp(outputs))
+            total = sum(self._to_input(lp, outputs) for lp in self._native_logp(outputs))
             # max − exp(total − max) of the reference is 1 − exp(total − max): exp(0) = 1 at the maximum
             outputs["mul_map"] = 1.0 - torch.exp(total - self._reference(total))
         return outputs["mul_map"]
