@@ -65,13 +65,15 @@ PEERS = ("FastFlow", "PaDiM")
 #: (warm-up, timed) runs of the inference timing per suite.
 TIMING = {"smoke": (1, 1), "cpu-small": (1, 3), "gpu-full": (3, 10)}
 #: display names of the logged test metrics.
-METRIC_NAMES = {"ods": "ODS", "ois": "OIS", "ap": "AP", "f1": "F1", "iou": "IoU", "region_f1": "region F1",
+METRIC_NAMES = {"ods": "ODS", "ois": "OIS", "ap": "AP", "ods_dataset": "F1 (dataset, best thr.)",
+                "f1": "F1 (val. thr.)", "iou": "IoU", "region_f1": "region F1",
                 "image_auroc": "image AUROC", "auroc": "pixel AUROC", "aupro": "AUPRO", "label_ods": "labels ODS"}
 #: the metric set each method's paper reports (segmentation) or the anomaly-detection set.
 METRICS = {
     "UNet": ("ods", "ois", "ap"),  # König et al. Table VI
-    "DeepCrackLiu": ("ods", "ois", "ap", "f1"),  # Liu et al.; pixel F1 in Sharma et al. Table III
-    "SCNet": ("f1", "iou", "region_f1"),  # Sharma et al. Tables III, IV
+    # Liu et al.; pixel F1 in Sharma et al. Table III = best-threshold F1 summed over the test set (ods_dataset)
+    "DeepCrackLiu": ("ods", "ois", "ap", "ods_dataset", "f1"),
+    "SCNet": ("ods_dataset", "f1", "iou", "region_f1"),  # Sharma et al. Tables III, IV
     "SkipAE": ("image_auroc", "auroc", "aupro"),
     "DFR": ("image_auroc", "auroc", "aupro"),
     "VAEGradCAM": ("image_auroc", "auroc", "aupro"),
@@ -80,11 +82,13 @@ METRICS = {
 }
 #: reported figures (fractions) with their source; the dataset named where it is not the row's.
 PAPER: dict[tuple[str, str], tuple[dict[str, float], str]] = {
-    ("SCNet", "CrackForest"): ({"f1": SCNET_PAPER["SCNet"]["f1"] / 100, "region_f1": SCNET_PAPER["SCNet"]["region_f1"]
-                                / 100}, "Sharma et al. 2021 Tables III, IV"),
-    ("SCNet", "DeepCrack"): ({"f1": 0.9123, "region_f1": 0.9703}, "Sharma et al. 2021 Tables III, IV"),
-    ("DeepCrackLiu", "CrackForest"): ({"f1": SCNET_PAPER["DeepCrackLiu"]["f1"] / 100}, "Sharma et al. 2021 Table III"),
-    ("DeepCrackLiu", "DeepCrack"): ({"f1": LIU_PAPER_F1}, "Liu et al. via Sharma et al. 2021 Table III"),
+    ("SCNet", "CrackForest"): ({"ods_dataset": SCNET_PAPER["SCNet"]["f1"] / 100,
+                                "region_f1": SCNET_PAPER["SCNet"]["region_f1"] / 100},
+                               "Sharma et al. 2021 Tables III, IV"),
+    ("SCNet", "DeepCrack"): ({"ods_dataset": 0.9123, "region_f1": 0.9703}, "Sharma et al. 2021 Tables III, IV"),
+    ("DeepCrackLiu", "CrackForest"): ({"ods_dataset": SCNET_PAPER["DeepCrackLiu"]["f1"] / 100},
+                                      "Sharma et al. 2021 Table III"),
+    ("DeepCrackLiu", "DeepCrack"): ({"ods_dataset": LIU_PAPER_F1}, "Liu et al. via Sharma et al. 2021 Table III"),
     ("UNet", "DeepCrack"): (dict(zip(("ods", "ois", "ap"), PAPER_UNET["FSV"], strict=True)),
                             "König et al. Table VI, trained on Crack500, tested on DCD"),
     ("Weakly", "DeepCrack"): ({**dict(zip(("ods", "ois", "ap"), PAPER_UNET["WSV"], strict=True)),
@@ -99,6 +103,13 @@ PAPER: dict[tuple[str, str], tuple[dict[str, float], str]] = {
                                f"{PAPER_MS['DFR']} ms/img on an RTX 2080 Ti, Table 4"),
     ("VAEGradCAM", "magnetic tile"): ({"auroc": 0.96}, "García-de-la-Puente et al. 2023 Table 2, METU"),
 }
+
+
+#: one CrackForest split for every row: SCNet's (Sharma et al. 2021 hold out 20 %), whose Table III all CFD rows
+#: are compared with; a row's config may name another test_fraction, so the suites pass this one to every row.
+CFD_SPLIT = {"test_fraction": 0.2}
+#: datamodule options that decide which images a split holds (equal for every row of one dataset).
+SPLIT_KEYS = ("test_fraction", "val_fraction", "seed", "train_on_normal_only")
 
 
 @dataclass
@@ -196,9 +207,10 @@ def suite_jobs(suite: str, workdir: Path, minutes: float | None, accelerator: st
                 **long),
             Job("DeepCrackLiu", "DeepCrack", "configs/deepcrack_liu/deepcrack.yaml", narrow, {"root": str(dc)}, dc,
                 **long),
-            Job("SCNet", "CrackForest", "configs/scnet/crackforest.yaml", narrow, {"root": str(cfd)}, cfd, **long),
-            Job("DeepCrackLiu", "CrackForest", "configs/deepcrack_liu/crackforest.yaml", narrow, {"root": str(cfd)},
+            Job("SCNet", "CrackForest", "configs/scnet/crackforest.yaml", narrow, {"root": str(cfd), **CFD_SPLIT},
                 cfd, **long),
+            Job("DeepCrackLiu", "CrackForest", "configs/deepcrack_liu/crackforest.yaml", narrow,
+                {"root": str(cfd), **CFD_SPLIT}, cfd, **long),
             Job("SkipAE", "magnetic tile", "configs/skipae/magnetic_tile.yaml", {"aupro": True}, {"root": str(mt)},
                 mt, **long),
             Job("DFR", "magnetic tile", "configs/dfr/magnetic_tile.yaml", {"aupro": True}, {"root": str(mt)}, mt,
@@ -216,9 +228,10 @@ def suite_jobs(suite: str, workdir: Path, minutes: float | None, accelerator: st
         Job("UNet", "DeepCrack", "configs/unet/deepcrack.yaml", {}, {"root": str(dc)}, dc, **budget),
         Job("DeepCrackLiu", "DeepCrack", "configs/deepcrack_liu/deepcrack.yaml", {}, {"root": str(dc)}, dc, **budget),
         Job("SCNet", "DeepCrack", "configs/scnet/deepcrack.yaml", {}, {"root": str(dc)}, dc, **budget),
-        Job("SCNet", "CrackForest", "configs/scnet/crackforest.yaml", {}, {"root": str(cfd)}, cfd, **budget),
-        Job("DeepCrackLiu", "CrackForest", "configs/deepcrack_liu/crackforest.yaml", {}, {"root": str(cfd)}, cfd,
+        Job("SCNet", "CrackForest", "configs/scnet/crackforest.yaml", {}, {"root": str(cfd), **CFD_SPLIT}, cfd,
             **budget),
+        Job("DeepCrackLiu", "CrackForest", "configs/deepcrack_liu/crackforest.yaml", {},
+            {"root": str(cfd), **CFD_SPLIT}, cfd, **budget),
         Job("SkipAE", "magnetic tile", "configs/skipae/magnetic_tile.yaml", {"aupro": True}, {"root": str(mt)}, mt,
             **budget),
         Job("DFR", "magnetic tile", "configs/dfr/magnetic_tile.yaml", {"aupro": True}, {"root": str(mt)}, mt, **budget),
@@ -557,7 +570,7 @@ def run(args: argparse.Namespace) -> tuple[str, list[Row], list[Row]]:
             notes.append(note)
     text = table(args, jobs, rows, peer_rows, [n for n in notes if n], time.perf_counter() - start)
     if args.write:
-        common.write_section(f"run_{args.suite}", text, results=Path(args.results))
+        common.write_section(args.section or f"run_{args.suite}", text, results=Path(args.results))
     print(text)
     (runner.workdir / f"rows_{args.suite}.json").write_text(json.dumps(
         [r.__dict__ for r in rows + peer_rows], indent=1))
@@ -575,6 +588,9 @@ def main(argv: list[str] | None = None) -> tuple[str, list[Row], list[Row]]:
     parser.add_argument("--workdir", default=str(REPO / "runs" / "bench"), help="folder for checkpoints and logs")
     parser.add_argument("--results", default=str(common.RESULTS), help="markdown file --write updates")
     parser.add_argument("--write", action="store_true", help="replace the section run_<suite> of --results")
+    parser.add_argument("--section", default=None,
+                        help="name of the section --write replaces (default run_<suite>; give another to keep the "
+                             "full-suite table when re-running some methods)")
     parser.add_argument("--anomalib-python", dest="anomalib_python",
                         default=os.environ.get("CRACKSEG_ANOMALIB_PYTHON"),
                         help="python of an environment with anomalib (default: $CRACKSEG_ANOMALIB_PYTHON)")
