@@ -12,7 +12,7 @@ from lightning import Callback, LightningModule, Trainer
 from crackseg.callbacks.visualization import to_uint8_image
 from crackseg.metrics import SegmentationMetrics
 
-COMPARED = ("ods", "ois", "ap", "f1", "iou", "region_f1")
+COMPARED = ("ods", "ois", "ap", "ods_dataset", "ap_dataset", "f1", "iou", "region_f1")
 
 
 def otsu_dark_map(image: torch.Tensor) -> torch.Tensor:
