@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import os
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ from lightning import Callback, LightningModule, Trainer
 from torch.nn import functional as F
 
 from crackseg.callbacks.visualization import overlay
-from crackseg.data.dataset import crop_tile, parse_sample_id
+from crackseg.data.dataset import crop_tile, parse_sample_id, sample_id
 from crackseg.data.io import read_image, write_png
 from crackseg.inference.quantify import crack_fields, quantify_cracks
 
@@ -45,6 +48,13 @@ class PredictionWriter(Callback):
     the input file stems, sanitised (tiles of a grid-cut image: ``<stem>_r<row>c<col>``); repeated stems
     get a numeric suffix. Files are written atomically (the CSVs when the stage ends).
 
+    Each finished image also leaves a record (``.records/<name>.json``: its ``scores.csv`` row and its cracks),
+    written after its PNGs; ``scores.csv`` and ``cracks.csv`` are rebuilt from the records when the stage ends.
+    With ``resume`` (predict only), re-running into the same folder skips the images whose record exists, so an
+    interrupted run over thousands of photos continues where it stopped, and the CSVs come out complete.
+    Images the datamodule skipped as unreadable (``data.init_args.on_unreadable: skip``) are listed in
+    ``skipped.csv`` (path, reason).
+
     Args:
         output_dir: folder for the outputs.
         stages: ``"predict"`` and / or ``"test"``.
@@ -54,11 +64,13 @@ class PredictionWriter(Callback):
         mm_per_pixel: size of an image pixel in millimetres (ground sampling distance); adds the mm
             columns to ``cracks.csv``. None: pixels only.
         min_crack_area: cracks of fewer pixels are left out of ``cracks.csv`` (specks).
+        resume: on predict, skip images already finished in ``output_dir`` (false: predict them all again,
+            e.g. after changing the model or a threshold).
     """
 
     def __init__(self, output_dir: str | os.PathLike = "predictions", stages: tuple[str, ...] = ("predict",),
                  save_map: bool = True, save_overlay: bool = True, quantify: bool = True,
-                 mm_per_pixel: float | None = None, min_crack_area: int = 0) -> None:
+                 mm_per_pixel: float | None = None, min_crack_area: int = 0, resume: bool = True) -> None:
         unknown = set(stages) - {"predict", "test"}
         if unknown:
             raise ValueError(f"PredictionWriter stages must be 'predict' or 'test', got {sorted(unknown)}")
@@ -73,35 +85,14 @@ class PredictionWriter(Callback):
         self.quantify = quantify
         self.mm_per_pixel = mm_per_pixel
         self.min_crack_area = min_crack_area
-        self._rows: list[dict[str, Any]] = []
+        self.resume = resume
+        self._order: list[str] = []  # names of this stage's images, in order (records rebuilt in it)
         self._names: set[str] = set()
-        self._cracks: tuple[Any, csv.DictWriter, Path] | None = None  # (file, writer, temp path), streamed
+        self._planned: dict[str, str] = {}  # sample id -> name, fixed before predict (resume needs stable names)
+        self.resumed = 0  #: images of the last predict run skipped as already finished
 
     def _start(self) -> None:
-        self._rows, self._names = [], set()
-        self._close_cracks()
-
-    def _close_cracks(self) -> Path | None:
-        """Close the streamed crack CSV; its temp path (None when none was open)."""
-        if self._cracks is None:
-            return None
-        handle, _, tmp = self._cracks
-        handle.close()
-        self._cracks = None
-        return tmp
-
-    def _write_cracks(self, folder: Path, name: str, path: str, mask: np.ndarray) -> int:
-        """Append the cracks of ``mask`` to the stage's crack CSV (opened on first use); their number."""
-        if self._cracks is None:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / ".cracks.csv.tmp"
-            handle = open(tmp, "w", newline="")  # closed in _close_cracks, at the end of the stage
-            writer = csv.DictWriter(handle, fieldnames=["name", "source", *crack_fields(self.mm_per_pixel)])
-            writer.writeheader()
-            self._cracks = (handle, writer, tmp)
-        rows = quantify_cracks(mask, self.mm_per_pixel, self.min_crack_area)
-        self._cracks[1].writerows({"name": name, "source": path, **row} for row in rows)
-        return len(rows)
+        self._order, self._names = [], set()
 
     def _unique(self, path: str) -> str:
         base = name = safe_name(path)
@@ -111,6 +102,43 @@ class PredictionWriter(Callback):
             i += 1
         self._names.add(name)
         return name
+
+    def _name(self, path: str) -> str:
+        if path in self._planned:
+            return self._planned.pop(path)
+        name = self._unique(path)
+        self._order.append(name)
+        return name
+
+    @staticmethod
+    def _record_path(folder: Path, name: str) -> Path:
+        return folder / ".records" / f"{name}.json"
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Before predict: fix every image's output name (in input order), leave finished images out of the
+        datamodule's predict set (``resume``) and write ``skipped.csv``."""
+        if stage != "predict" or "predict" not in self.stages:
+            return
+        self._start()
+        folder = self.output_dir / "predict"
+        datamodule = getattr(trainer, "datamodule", None)
+        _write_skipped(folder, getattr(datamodule, "skipped", []))
+        dataset = getattr(datamodule, "datasets", {}).get("predict") if datamodule is not None else None
+        samples = getattr(dataset, "samples", None)
+        if samples is None:  # not a crackseg dataset: names as the images come
+            return
+        ids = [sample_id(sample) for sample in samples]
+        names = [self._unique(i) for i in ids]
+        self._order = list(names)
+        done = {i for i, name in zip(ids, names, strict=True)
+                if self.resume and self._record_path(folder, name).is_file()}
+        self._planned = {i: name for i, name in zip(ids, names, strict=True) if i not in done}
+        self.resumed = len(done)
+        if done:
+            dataset.samples = [sample for sample, i in zip(samples, ids, strict=True) if i not in done]
+            if trainer.is_global_zero:
+                print(f"PredictionWriter: {len(done)} of {len(ids)} images already finished in {folder} "
+                      "(resume); predicting the other " f"{len(dataset.samples)} (resume: false redoes all)")
 
     def _write_batch(self, pl_module: LightningModule, outputs: Any, batch: dict[str, Any], stage: str) -> None:
         if not isinstance(outputs, dict) or "map" not in outputs:
@@ -124,7 +152,7 @@ class PredictionWriter(Callback):
             if tuple(map_.shape[-2:]) != (height, width):
                 map_ = F.interpolate(map_[None], size=(height, width), mode="bilinear", align_corners=False)[0]
             mask = (map_[0] >= threshold).cpu().numpy()
-            name = self._unique(path)
+            name = self._name(path)
             write_png(folder / "masks" / f"{name}.png", mask.astype(np.uint8) * 255)
             if self.save_map:
                 m = map_[0]
@@ -144,26 +172,40 @@ class PredictionWriter(Callback):
                 "crack_fraction": float(mask.mean()), "pixel_threshold": threshold,
                 "image_threshold": float(pl_module.image_threshold),
             }
+            cracks = []
             if self.quantify:
-                row["cracks"] = self._write_cracks(folder, name, path, mask)
-            self._rows.append(row)
+                cracks = [{"name": name, "source": path, **c}
+                          for c in quantify_cracks(mask, self.mm_per_pixel, self.min_crack_area)]
+                row["cracks"] = len(cracks)
+            _write_json(self._record_path(folder, name), {"row": row, "cracks": cracks})  # last: the image is done
 
     def _finish(self, trainer: Trainer, stage: str) -> None:
-        cracks = self._close_cracks()
-        if cracks is not None:
-            os.replace(cracks, cracks.with_name("cracks.csv"))
-        if not self._rows:
+        """Rebuild ``scores.csv`` (and ``cracks.csv``) from the records of this stage's images, in input order."""
+        folder = self.output_dir / stage
+        names = [name for name in self._order if self._record_path(folder, name).is_file()]
+        if not names:
             return
-        path = self.output_dir / stage / "scores.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(self._rows[0]))
-            writer.writeheader()
-            writer.writerows(self._rows)
-        os.replace(tmp, path)
+        scores_tmp, cracks_tmp = folder / ".scores.csv.tmp", folder / ".cracks.csv.tmp"
+        with open(scores_tmp, "w", newline="") as scores_file, \
+                open(cracks_tmp, "w", newline="") if self.quantify else _nowhere() as cracks_file:
+            scores = cracks = None
+            for name in names:  # one record at a time: memory stays flat over thousands of images
+                record = json.loads(self._record_path(folder, name).read_text())
+                if scores is None:
+                    scores = csv.DictWriter(scores_file, fieldnames=list(record["row"]))
+                    scores.writeheader()
+                scores.writerow(record["row"])
+                if cracks_file is not None:
+                    if cracks is None:
+                        cracks = csv.DictWriter(cracks_file, fieldnames=["name", "source",
+                                                                         *crack_fields(self.mm_per_pixel)])
+                        cracks.writeheader()
+                    cracks.writerows(record["cracks"])
+        os.replace(scores_tmp, folder / "scores.csv")
+        if self.quantify:
+            os.replace(cracks_tmp, folder / "cracks.csv")
         if trainer.is_global_zero:
-            print(f"PredictionWriter: wrote {len(self._rows)} predictions to {path.parent}")
+            print(f"PredictionWriter: wrote {len(names)} predictions to {folder}")
 
     @torch.no_grad()
     def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
@@ -177,9 +219,6 @@ class PredictionWriter(Callback):
         if "test" in self.stages:
             self._write_batch(pl_module, outputs, batch, "test")
 
-    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start()
-
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start()
 
@@ -190,3 +229,32 @@ class PredictionWriter(Callback):
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if "test" in self.stages:
             self._finish(trainer, "test")
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write JSON atomically (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def _write_skipped(folder: Path, skipped: Sequence[tuple[str, str]]) -> None:
+    """``skipped.csv`` (path, reason) of the unreadable inputs; an old one is removed when none was skipped."""
+    path = folder / "skipped.csv"
+    if not skipped:
+        path.unlink(missing_ok=True)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".skipped.csv.tmp"
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "reason"])
+        writer.writerows(skipped)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _nowhere() -> Iterator[None]:
+    """A stand-in for a file that is not written."""
+    yield None

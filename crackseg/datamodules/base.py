@@ -20,7 +20,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from crackseg.data.anomalies import AnomalySynthesizer
 from crackseg.data.dataset import CrackDataset, Sample, collate, read_sample_mask, sample_id
-from crackseg.data.io import DataError, image_size, is_image_file, list_images, read_mask, read_mask_levels
+from crackseg.data.io import (
+    DataError,
+    image_size,
+    is_image_file,
+    list_images,
+    read_image,
+    read_mask,
+    read_mask_levels,
+)
 from crackseg.data.transforms import build_transform
 
 Split = Literal["train", "val", "test"]
@@ -74,6 +82,10 @@ class CrackDataModule(LightningDataModule):
         shuffle: shuffle the training images every epoch (under DDP Lightning's ``DistributedSampler``
             shuffles, seeded by ``seed_everything``); false reads them in order, under DDP too (process r of
             N gets images r, r + N, ...: the same global batches with 1 or N processes).
+        on_unreadable: what ``crackseg predict`` does with an image that cannot be decoded (truncated JPEG,
+            empty or non-image file): ``"skip"`` leaves it out with one warning line and lists it in the
+            writer's ``skipped.csv``; ``"error"`` stops before predicting. Zero readable images is always an
+            error; fit / test always stop early, before training, naming the file.
     """
 
     def __init__(
@@ -99,8 +111,11 @@ class CrackDataModule(LightningDataModule):
         gauss_noise_std: float = 0.0,
         multiplicative_noise: float = 0.0,
         shuffle: bool = True,
+        on_unreadable: Literal["skip", "error"] = "skip",
     ) -> None:
         super().__init__()
+        if on_unreadable not in ("skip", "error"):
+            raise ValueError(f"data.init_args.on_unreadable must be 'skip' or 'error', got {on_unreadable!r}")
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {value}")
@@ -145,7 +160,10 @@ class CrackDataModule(LightningDataModule):
         self.gauss_noise_std = gauss_noise_std
         self.multiplicative_noise = multiplicative_noise
         self.shuffle = shuffle
+        self.on_unreadable = on_unreadable
         self.datasets: dict[str, CrackDataset] = {}
+        #: (sample id, reason) of the predict images left out as unreadable (``on_unreadable: skip``).
+        self.skipped: list[tuple[str, str]] = []
 
     # -- to implement -------------------------------------------------------------------------
     def find_samples(self, split: Split) -> list[Sample] | None:
@@ -234,6 +252,37 @@ class CrackDataModule(LightningDataModule):
                         f"mask {sample.mask} is {mask_size[1]}x{mask_size[0]} but image {sample.image} is "
                         f"{size[1]}x{size[0]} (width x height)")
 
+    def readable_predict_samples(self, samples: Sequence[Sample]) -> list[Sample]:
+        """The predict samples whose image decodes (``check_files``: ``"full"`` decodes, ``"header"`` opens the
+        header, ``"none"`` trusts them); unreadable ones are skipped into :attr:`skipped` with one warning line
+        each (``on_unreadable: skip``) or raise (``"error"``).
+
+        Raises:
+            DataError: an image is unreadable and ``on_unreadable`` is ``"error"``, or none is readable.
+        """
+        self.skipped = []
+        if self.check_files == "none":
+            return list(samples)
+        readable, checked = [], {}
+        for sample in samples:
+            if sample.image not in checked:
+                try:
+                    read_image(sample.image) if self.check_files == "full" else image_size(sample.image)
+                    checked[sample.image] = None
+                except DataError as err:
+                    if self.on_unreadable == "error":
+                        raise DataError(f"{err} (data.init_args.on_unreadable=error; 'skip' leaves such files "
+                                        "out of predict)") from None
+                    checked[sample.image] = str(err)
+                    rank_zero_warn(f"skipping unreadable image: {err}")
+            if checked[sample.image] is None:
+                readable.append(sample)
+            else:
+                self.skipped.append((sample_id(sample), str(checked[sample.image])))
+        if not readable:
+            raise DataError(f"none of the {len(samples)} predict images is readable (e.g. {self.skipped[0][1]})")
+        return readable
+
     def _train_on_normals(self) -> bool:
         """Whether the training split holds normal images only by design (empty masks expected)."""
         return self.train_on_normal_only or (self.synthetic_anomalies is not None
@@ -263,7 +312,7 @@ class CrackDataModule(LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict" and self.predict_path is not None:
-            samples = predict_samples(self.predict_path)
+            samples = self.readable_predict_samples(predict_samples(self.predict_path))
             self.datasets["predict"] = self._dataset(samples, "predict")
             return
         splits = self.split_samples()
