@@ -69,6 +69,11 @@ def test_unreadable_files_are_skipped_and_listed_then_predict_resumes(workdir: P
     assert [r["name"] for r in scores] == good
     assert sorted(p.stem for p in (folder / "masks").glob("*.png")) == good
     first = {r["name"]: r for r in scores}
+    report = (folder / "report.html").read_text()
+    assert all(f'data-v="{name}"' in report for name in good) and "truncated" not in report.split("<h2>Images")[1]
+    assert "skipped (unreadable, see skipped.csv)</th><td>3" in report and "<svg" in report
+    assert all((folder / "thumbs" / f"{name}.jpg").is_file() for name in good)
+    assert "https://" not in report.replace("http://www.w3.org/2000/svg", "")  # offline: nothing fetched
 
     # an interrupted run: one image's outputs never finished
     (folder / ".records" / "good_1.json").unlink()
@@ -98,3 +103,41 @@ def test_on_unreadable_error_and_no_readable_image(workdir: Path, checkpoint) ->
     (broken / "empty.jpg").write_bytes(b"")
     with pytest.raises(DataError, match="none of the 1 predict images is readable"):
         _predict(common, ckpt, broken, workdir / "out2")
+
+
+def test_test_report_has_ground_truth_and_per_image_f1(workdir: Path, checkpoint) -> None:
+    common, ckpt = checkpoint
+    out = workdir / "out"
+    main(["test", *common, "--trainer.callbacks+=PredictionWriter", f"--trainer.callbacks.output_dir={out}",
+          "--trainer.callbacks.stages=[test]", "--trainer.accelerator", "cpu", "--trainer.logger", "false",
+          "--trainer.enable_progress_bar", "false", "--ckpt_path", str(ckpt)])
+    folder = out / "test"
+    scores = _rows(folder / "scores.csv")
+    assert scores and all(0.0 <= float(r["f1"]) <= 1.0 for r in scores)
+    report = (folder / "report.html").read_text()
+    assert "ground truth" in report and "<th data-col" in report and ">F1</th>" in report
+    assert all((folder / "ground_truth" / f"{r['name']}.jpg").is_file() for r in scores)
+
+
+CHROMIUM = next((Path(p) for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).is_file()), None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium (Debian package chromium) not installed")
+def test_report_renders_in_headless_chromium(workdir: Path, checkpoint) -> None:
+    import subprocess
+
+    common, ckpt = checkpoint
+    _messy_folder(workdir / "photos")
+    out = workdir / "out"
+    _predict(common, ckpt, workdir / "photos", out, "--trainer.callbacks.mm_per_pixel=0.5")
+    shot = workdir / "report.png"
+    subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,900",
+                    f"--screenshot={shot}", (out / "predict" / "report.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    dom = subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          (out / "predict" / "report.html").as_uri()], check=True, capture_output=True, text=True,
+                         timeout=120).stdout
+    assert 'data-ready="1"' in dom  # the sort / filter script parsed and ran to its end
+    picture = np.asarray(Image.open(shot).convert("RGB"))
+    assert picture.shape[:2] == (900, 1200)
+    assert (picture < 128).mean() > 0.01 and (picture > 200).mean() > 0.3  # text and images on a light page

@@ -11,11 +11,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
 from torch.nn import functional as F
 
+from crackseg.callbacks.report import ReportImage, write_report
 from crackseg.callbacks.visualization import overlay
 from crackseg.data.dataset import crop_tile, parse_sample_id, sample_id
 from crackseg.data.io import read_image, write_png
@@ -166,12 +168,25 @@ class PredictionWriter(Callback):
                 for top in range(0, picture.shape[0], 256):  # in strips: overlay's float temporaries stay small
                     picture[top:top + 256] = overlay(picture[top:top + 256], mask[top:top + 256])
                 write_png(folder / "overlays" / f"{name}.png", picture)
+                _write_thumbnail(folder / "thumbs" / f"{name}.jpg", picture)
+            else:
+                _write_thumbnail(folder / "thumbs" / f"{name}.jpg", mask.astype(np.uint8) * 255)
+            f1 = None
+            if stage == "test" and bool(batch["has_mask"][i]):
+                truth = batch["mask"][i].detach().float()
+                f1 = _f1(outputs["pred_mask"][i].detach().cpu(), truth.cpu() > 0.5)
+                if tuple(truth.shape[-2:]) != (height, width):
+                    truth = F.interpolate(truth[None], size=(height, width), mode="nearest")[0]
+                truth_png = (truth[0] > 0.5).cpu().numpy().astype(np.uint8) * 255
+                _write_thumbnail(folder / "ground_truth" / f"{name}.jpg", truth_png)
             row = {
                 "name": name, "source": path, "score": float(outputs["score"][i]),
                 "predicted_label": int(bool(outputs["pred_label"][i])), "crack_pixels": int(mask.sum()),
                 "crack_fraction": float(mask.mean()), "pixel_threshold": threshold,
                 "image_threshold": float(pl_module.image_threshold),
             }
+            if stage == "test":
+                row["f1"] = f1
             cracks = []
             if self.quantify:
                 cracks = [{"name": name, "source": path, **c}
@@ -179,13 +194,14 @@ class PredictionWriter(Callback):
                 row["cracks"] = len(cracks)
             _write_json(self._record_path(folder, name), {"row": row, "cracks": cracks})  # last: the image is done
 
-    def _finish(self, trainer: Trainer, stage: str) -> None:
+    def _finish(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Rebuild ``scores.csv`` (and ``cracks.csv``) from the records of this stage's images, in input order."""
         folder = self.output_dir / stage
         names = [name for name in self._order if self._record_path(folder, name).is_file()]
         if not names:
             return
         scores_tmp, cracks_tmp = folder / ".scores.csv.tmp", folder / ".cracks.csv.tmp"
+        report: list[ReportImage] = []
         with open(scores_tmp, "w", newline="") as scores_file, \
                 open(cracks_tmp, "w", newline="") if self.quantify else _nowhere() as cracks_file:
             scores = cracks = None
@@ -201,11 +217,34 @@ class PredictionWriter(Callback):
                                                                          *crack_fields(self.mm_per_pixel)])
                         cracks.writeheader()
                     cracks.writerows(record["cracks"])
+                report.append(ReportImage.from_record(record, self._links(folder, name)))
         os.replace(scores_tmp, folder / "scores.csv")
         if self.quantify:
             os.replace(cracks_tmp, folder / "cracks.csv")
+        self._write_report(trainer, pl_module, folder, report, stage)
         if trainer.is_global_zero:
-            print(f"PredictionWriter: wrote {len(names)} predictions to {folder}")
+            print(f"PredictionWriter: wrote {len(names)} predictions and report.html to {folder}")
+
+    def _links(self, folder: Path, name: str) -> dict[str, str]:
+        """Relative links of an image's files that exist (the report opens them)."""
+        candidates = {"overlay": f"overlays/{name}.png", "mask": f"masks/{name}.png", "thumb": f"thumbs/{name}.jpg",
+                      "truth": f"ground_truth/{name}.jpg"}
+        return {key: link for key, link in candidates.items() if (folder / link).is_file()}
+
+    def _write_report(self, trainer: Trainer, module: LightningModule, folder: Path, images: list[ReportImage],
+                      stage: str) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        checkpoint = getattr(trainer, "ckpt_path", None)
+        summary = {"model": type(module).__name__, "checkpoint": str(checkpoint or "(weights in memory)")}
+        if self.mm_per_pixel is not None:
+            summary["scale"] = f"{self.mm_per_pixel:g} mm per pixel"
+        skipped = getattr(datamodule, "skipped", []) if stage == "predict" else []
+        if skipped:
+            summary["skipped (unreadable, see skipped.csv)"] = len(skipped)
+        if stage == "predict" and self.resumed:
+            summary["resumed (finished by an earlier run)"] = self.resumed
+        write_report(folder / "report.html", images, stage, summary, float(module.pixel_threshold),
+                     float(module.image_threshold))
 
     @torch.no_grad()
     def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
@@ -224,11 +263,11 @@ class PredictionWriter(Callback):
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if "predict" in self.stages:
-            self._finish(trainer, "predict")
+            self._finish(trainer, pl_module, "predict")
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if "test" in self.stages:
-            self._finish(trainer, "test")
+            self._finish(trainer, pl_module, "test")
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -258,3 +297,27 @@ def _write_skipped(folder: Path, skipped: Sequence[tuple[str, str]]) -> None:
 def _nowhere() -> Iterator[None]:
     """A stand-in for a file that is not written."""
     yield None
+
+
+def _write_thumbnail(path: Path, picture: np.ndarray, side: int = 256) -> None:
+    """A JPEG at most ``side`` pixels on its long side (the report's gallery), written atomically."""
+    height, width = picture.shape[:2]
+    scale = min(1.0, side / max(height, width))
+    if scale < 1.0:
+        picture = cv2.resize(picture, (max(1, round(width * scale)), max(1, round(height * scale))),
+                             interpolation=cv2.INTER_AREA)
+    if picture.ndim == 3:
+        picture = cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.jpg")
+    if not cv2.imwrite(str(tmp), picture, [cv2.IMWRITE_JPEG_QUALITY, 85]):
+        raise OSError(f"could not write {path}")
+    os.replace(tmp, path)
+
+
+def _f1(pred: torch.Tensor, truth: torch.Tensor) -> float:
+    """Pixel F1 of one binary prediction against its ground truth (1.0 when both are empty)."""
+    pred, truth = pred.bool().flatten(), truth.bool().flatten()
+    tp = int((pred & truth).sum())
+    denominator = int(pred.sum()) + int(truth.sum())
+    return 1.0 if denominator == 0 else 2 * tp / denominator
