@@ -21,7 +21,9 @@ import os
 import pickle
 import random
 import signal
+import sys
 import threading
+import warnings
 import zipfile
 from pathlib import Path
 from types import FrameType
@@ -68,6 +70,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", require_
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        if "Unsupported operand" in str(error):  # not pickle data at all (a text or truncated file)
+            raise CheckpointError(f"{path} is not a PyTorch / Lightning checkpoint ({_refusal(error)})") from None
         if "Weights only load failed" in str(error):
             raise CheckpointError(
                 f"refused to load checkpoint {path}: it holds pickled Python objects, not only tensors and plain "
@@ -84,12 +88,85 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", require_
     return checkpoint
 
 
-def _import(path: str) -> Any:
-    module, _, name = path.rpartition(".")
+DEFAULT_MODULE = "crackseg.lightning_modules"
+"""Where a bare class name (``UNet``) is looked up."""
+
+#: hyper-parameters naming initial weights that a checkpoint's state dict supersedes (checkpoints written before
+#: :attr:`~crackseg.lightning_modules.CrackSegModule.weight_sources` saved them as None still hold them).
+WEIGHT_SOURCES = {"weights": None, "extractor_checkpoint": None}
+
+
+def import_class(path: str, base: type | None = None) -> type:
+    """The class ``package.module.Name``, or a bare ``Name`` of :mod:`crackseg.lightning_modules`.
+
+    Raises:
+        CheckpointError: no such module or class, or not a subclass of ``base``.
+    """
+    module_name, _, name = str(path).rpartition(".")
     try:
-        return getattr(importlib.import_module(module), name) if module else None
-    except (ImportError, AttributeError, ValueError):
+        cls = getattr(importlib.import_module(module_name or DEFAULT_MODULE), name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise CheckpointError(f"cannot import the model class {path!r}: {error}") from None
+    if not isinstance(cls, type) or (base is not None and not issubclass(cls, base)):
+        raise CheckpointError(f"{path!r} is not a {base.__name__ if base else 'class'} subclass")
+    return cls
+
+
+def _import(path: str) -> Any:
+    """:func:`import_class`, or None when the class cannot be imported (checks that compare names instead)."""
+    try:
+        return import_class(path) if "." in path else None
+    except CheckpointError:
         return None
+
+
+def load_module(path: str | os.PathLike, model: type | str | None = None, base: type | None = None,
+                **overrides: Any) -> Any:
+    """The LightningModule of a checkpoint, on the CPU: the one loader of ``export`` and ``pseudo-label``.
+
+    The file is read with :func:`load_checkpoint` (``weights_only``, errors naming it); the class is ``model``
+    (a class, a bare name of :mod:`crackseg.lightning_modules` or an import path) or the one the checkpoint
+    records, and must agree with it (:func:`check_model_class`); a recorded class outside crackseg is imported
+    only when given as ``model`` (importing runs its module's code). Weight sources (hub names, pre-training
+    files) of older checkpoints are overridden with None: the weights are in the state dict.
+
+    Args:
+        path: the checkpoint.
+        model: the model class, or None to use the recorded one.
+        base: the class ``model`` must subclass (e.g. ``CrackSegModule``).
+        **overrides: constructor arguments given instead of the stored ones (e.g. ``threshold``).
+
+    Raises:
+        CheckpointError: missing / unreadable / unsafe file, unknown or mismatching class, or weights that do
+            not fit the class.
+    """
+    path = Path(path).expanduser()
+    checkpoint = load_checkpoint(path)
+    stored = checkpoint_model_class(checkpoint)
+    if model is None and stored is None:
+        raise CheckpointError(f"checkpoint {path} does not name its model class (no '_class_path' in its "
+                              "hyper_parameters, no 'crackseg_class'): give the class, e.g. --model UNet or "
+                              "--model crackseg.lightning_modules.SCNet")
+    if model is None and not (str(stored).startswith("crackseg.") or str(stored).rpartition(".")[0] in sys.modules):
+        raise CheckpointError(f"checkpoint {path} names the class {stored!r}, outside crackseg: importing it would "
+                              "run its module's code; if you trust it, give it as --model")
+    # Lightning's own class lookup (load_from_checkpoint on the base class) drops _class_path for classes whose
+    # __init__ takes no **kwargs, CrackSegModule among them: the concrete class is resolved here.
+    cls = model if isinstance(model, type) else import_class(model if model is not None else stored, base)
+    if base is not None and not issubclass(cls, base):
+        raise CheckpointError(f"{cls.__name__} is not a {base.__name__} subclass")
+    check_model_class(checkpoint, cls, path)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    kwargs = {**{k: v for k, v in WEIGHT_SOURCES.items() if k in hparams}, **overrides}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*offline EfficientNet-Lite0.*")
+            module = cls.load_from_checkpoint(str(path), map_location="cpu", weights_only=True, **kwargs)
+    except Exception as error:  # noqa: BLE001  (missing / unexpected keys, bad arguments all land here)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be loaded as {cls.__name__} "
+                              f"({type(error).__name__}: {reason[:300]})") from None
+    return module
 
 
 def checkpoint_model_class(checkpoint: dict[str, Any]) -> str | None:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import io
 import json
 import sys
@@ -49,7 +48,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from crackseg.checkpoint import CheckpointError, checkpoint_model_class, load_checkpoint
+from crackseg.checkpoint import CheckpointError
+from crackseg.checkpoint import load_module as load_checkpoint_module
 from crackseg.lightning_modules.base import CrackSegModule
 
 __all__ = ["ExportError", "ExportWrapper", "export_onnx", "load_module", "main", "verify_onnx"]
@@ -62,9 +62,6 @@ EXPORTERS = ("auto", "dynamo", "torchscript")
 #: parity tolerance of verification, relative to max(1, the output's range)
 PARITY_RTOL = 1e-4
 #: hyper-parameters naming where weights come from at construction; the checkpoint holds the tensors anyway
-WEIGHT_SOURCES = {"weights": None, "extractor_checkpoint": None}
-
-
 class ExportError(ValueError):
     """The checkpoint cannot be loaded, or its model cannot be expressed as a forward-only ONNX graph."""
 
@@ -92,21 +89,10 @@ class ExportWrapper(nn.Module):
         return maps, maps >= module.pixel_threshold, scores, scores >= module.image_threshold
 
 
-def _import_class(name: str) -> type:
-    """``Name`` (from :mod:`crackseg.lightning_modules`) or ``package.module.Name``."""
-    module_name, _, class_name = name.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name or "crackseg.lightning_modules"), class_name)
-    except (ImportError, AttributeError) as error:
-        raise ExportError(f"--model {name!r}: no such class ({error})") from None
-    if not (isinstance(cls, type) and issubclass(cls, CrackSegModule)):
-        raise ExportError(f"--model {name!r} is not a CrackSegModule subclass")
-    return cls
-
-
 def load_module(ckpt_path: str | Path, model: str | None = None, threshold: float | None = None,
                 image_threshold: float | None = None) -> CrackSegModule:
-    """The trained module of a Lightning checkpoint, on the CPU, in eval mode.
+    """The trained module of a Lightning checkpoint, on the CPU, in eval mode
+    (:func:`crackseg.checkpoint.load_module`).
 
     Args:
         ckpt_path: checkpoint written by ``crackseg fit`` (or any Lightning checkpoint of a CrackSegModule).
@@ -118,36 +104,11 @@ def load_module(ckpt_path: str | Path, model: str | None = None, threshold: floa
     Raises:
         ExportError: missing or unreadable file, unknown class, or weights that do not fit the class.
     """
-    path = Path(ckpt_path).expanduser()
+    overrides = {k: v for k, v in (("threshold", threshold), ("image_threshold", image_threshold)) if v is not None}
     try:
-        checkpoint = load_checkpoint(path)  # torch.load(weights_only=True), errors naming the file
+        module = load_checkpoint_module(ckpt_path, model, base=CrackSegModule, **overrides)
     except CheckpointError as error:
         raise ExportError(f"--ckpt_path: {error}") from None
-    hparams = checkpoint.get("hyper_parameters") or {}
-    stored = checkpoint_model_class(checkpoint)
-    if model is None and stored is None:
-        raise ExportError(f"--ckpt_path {path} does not name its model class (no '_class_path' in its "
-                          "hyper_parameters, no 'crackseg_class'): give --model CLASS, e.g. "
-                          "--model UNet or --model crackseg.lightning_modules.SCNet")
-    if model is None and not (str(stored).startswith("crackseg.") or str(stored).rpartition(".")[0] in sys.modules):
-        raise ExportError(f"--ckpt_path {path} names the class {stored!r}, outside crackseg: importing it would run "
-                          "its module's code; if you trust it, give it as --model")
-    # Lightning's own class lookup (load_from_checkpoint on the base class) drops _class_path for classes whose
-    # __init__ takes no **kwargs, CrackSegModule among them: the concrete class is resolved here.
-    cls = _import_class(model if model is not None else stored)
-    if model is not None and stored is not None and _import_class(stored) is not cls:
-        raise ExportError(f"--model {model} disagrees with the checkpoint's class {stored}")
-    overrides: dict[str, Any] = {k: v for k, v in WEIGHT_SOURCES.items() if k in hparams}
-    overrides.update({k: v for k, v in (("threshold", threshold), ("image_threshold", image_threshold))
-                      if v is not None})
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*offline EfficientNet-Lite0.*")
-            module = cls.load_from_checkpoint(str(path), map_location="cpu", weights_only=True, **overrides)
-    except Exception as error:  # noqa: BLE001  (missing / unexpected keys, bad arguments)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportError(f"--ckpt_path {path} cannot be loaded as {stored or cls.__name__} "
-                          f"({type(error).__name__}: {reason[:300]})") from None
     return module.eval()
 
 

@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fakes  # noqa: E402
 
-from crackseg.data.anomalies import AnomalySynthesizer, CutPaste, PoissonBlend, poisson_clone  # noqa: E402
+from crackseg.data.anomalies import AnomalySynthesizer, CutPaste, poisson_clone  # noqa: E402
+from crackseg.datamodules import PoissonBlend  # noqa: E402
 from crackseg.data.dataset import CrackDataset, Sample  # noqa: E402
 from crackseg.data.io import DataError, read_image, read_mask  # noqa: E402
 from crackseg.datamodules import (  # noqa: E402
@@ -312,7 +313,7 @@ def test_short_class_paths_in_configs(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.chdir(tmp_path)
     root = fakes.make_deepcrack(tmp_path / "dc", n_train=2, n_test=2)
     for synthesizer, expected in (("      class_path: CutPaste\n", ["crackseg.data.anomalies.CutPaste"]),
-                                  (POISSON_YAML.format(root=root), ["crackseg.data.anomalies.PoissonBlend",
+                                  (POISSON_YAML.format(root=root), [r"crackseg\.datamodules\.(poisson\.)?PoissonBlend",
                                                                     r"crackseg\.datamodules\.(deepcrack\.)?"
                                                                     r"DeepCrackDataModule", "guidance: mixed"])):
         with pytest.raises(SystemExit) as exc:

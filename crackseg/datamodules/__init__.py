@@ -10,6 +10,7 @@ from crackseg.datamodules.magnetic_tile import MagneticTileDataModule
 from crackseg.datamodules.mvtec import MVTecADDataModule
 from crackseg.datamodules.ozgenel import OzgenelDataModule
 from crackseg.datamodules.patches import PatchClassificationDataModule
+from crackseg.datamodules.poisson import PoissonBlend
 from crackseg.datamodules.synthetic import SyntheticCracksDataModule
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "MagneticTileDataModule",
     "OzgenelDataModule",
     "PatchClassificationDataModule",
+    "PoissonBlend",
     "SyntheticCracksDataModule",
 ]

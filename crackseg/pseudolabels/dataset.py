@@ -16,7 +16,6 @@ setting of the paper's Table VIII; their real masks stay in ``test_lab/``).
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from crackseg.checkpoint import CheckpointError, load_module
 from crackseg.data.dataset import Sample, load_sample, read_sample_mask
 from crackseg.data.io import DataError, write_png
 from crackseg.datamodules.base import CrackDataModule
@@ -44,23 +44,10 @@ LAYOUT = ("train_img", "train_lab", "test_img", "test_lab")
 QUALITY_FILE = "quality.json"
 
 
-class CheckpointError(ValueError):
-    """A classifier checkpoint is missing or is not a checkpoint of the expected class."""
-
-
-def import_class(path: str) -> type:
-    """The class ``package.module.Name`` (a bare ``Name`` is looked up in ``crackseg.lightning_modules``)."""
-    module_name, _, name = path.rpartition(".")
-    try:
-        module = importlib.import_module(module_name or "crackseg.lightning_modules")
-        return getattr(module, name)
-    except (ImportError, AttributeError) as err:
-        raise CheckpointError(f"cannot import the classifier class {path!r}: {err}") from None
-
-
 def load_classifier(ckpt_path: str | os.PathLike, classifier_class: type | str = CLASSIFIER_CLASS,
                     map_location: str | torch.device = "cpu") -> CrackClassifierLike:
-    """Load a crack-classifier checkpoint.
+    """Load a crack-classifier checkpoint (:func:`crackseg.checkpoint.load_module`: ``weights_only``, the
+    recorded class checked against ``classifier_class``).
 
     Args:
         ckpt_path: a Lightning checkpoint of ``classifier_class``.
@@ -72,15 +59,7 @@ def load_classifier(ckpt_path: str | os.PathLike, classifier_class: type | str =
             classifier interface (``net.target_layer``, ``normalize``, ``crack_probability``).
     """
     path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"classifier checkpoint not found: {path}")
-    cls = import_class(classifier_class) if isinstance(classifier_class, str) else classifier_class
-    try:
-        module = cls.load_from_checkpoint(str(path), map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001  (unpickling, missing / unexpected keys and arguments all land here)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is not a {cls.__name__} checkpoint ({type(err).__name__}: {reason[:300]})"
-                              ) from None
+    module = load_module(path, classifier_class).to(map_location)
     missing = [name for name in ("normalize", "crack_probability", "net") if not hasattr(module, name)]
     if not missing and not hasattr(module.net, "target_layer"):
         missing.append("net.target_layer")
