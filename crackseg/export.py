@@ -40,13 +40,12 @@ import io
 import json
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from crackseg.checkpoint import CheckpointError
 from crackseg.checkpoint import load_module as load_checkpoint_module
@@ -114,12 +113,9 @@ def load_module(ckpt_path: str | Path, model: str | None = None, threshold: floa
 
 def check_exportable(module: CrackSegModule) -> None:
     """Raise :class:`ExportError` naming the reason when ``module``'s inference is not a forward-only graph."""
-    name = type(module).__name__
-    if getattr(module, "attention", None) == "gradcam" and hasattr(module, "map_normalization"):
-        raise ExportError(f"{name} with attention='gradcam' cannot be exported to ONNX: its map (eq. 4) weights "
-                          "the encoder activations by the gradient ∂z_μ/∂A, which needs a backward pass an ONNX "
-                          "inference graph does not have. A model trained with attention='activation_mean' "
-                          "(forward-only map) exports.")
+    reason = module.export_blocker()  # the method declares it (CrackSegModule.export_blocker)
+    if reason is not None:
+        raise ExportError(reason)
 
 
 def default_image_size(module: CrackSegModule) -> tuple[int, int]:
@@ -208,8 +204,7 @@ def _export_dynamo(wrapper: ExportWrapper, example: Tensor, path: Path, opset: i
 
     auto = torch.export.Dim.AUTO  # dynamic where the model allows, guards (multiples of the stride) kept
     dims = ({0: auto, 2: auto, 3: auto},) if dynamic else None
-    with _export_friendly_ops():
-        program = torch.export.export(wrapper, (example,), dynamic_shapes=dims, strict=False)
+    program = torch.export.export(wrapper, (example,), dynamic_shapes=dims, strict=False)
     table = torch.export.default_decompositions()
     table[torch.ops.aten.median.dim] = _median_dim
     program = program.run_decompositions(table)
@@ -236,38 +231,6 @@ def _median_dim(x: Tensor, dim: int, keepdim: bool = False) -> tuple[Tensor, Ten
     if not keepdim:
         values, indices = values.squeeze(dim), indices.squeeze(dim)
     return values, indices
-
-
-def _hysteresis_while_loop(strong: Tensor, weak: Tensor, check_every: int = 8) -> Tensor:
-    """SCNet's Canny hysteresis (:func:`crackseg.models.scnet._hysteresis`) as a ``while_loop``.
-
-    The same fixed point (weak pixels 8-connected to a strong one), grown until nothing changes; the eager
-    version's loop stops on a data-dependent test that ``torch.export`` cannot trace, ``while_loop`` becomes
-    an ONNX ``Loop``.
-    """
-    from torch._higher_order_ops import while_loop
-
-    allowed = weak.float()
-
-    def grow(edges: Tensor, changed: Tensor) -> tuple[Tensor, Tensor]:
-        grown = torch.maximum(F.max_pool2d(edges, 3, stride=1, padding=1) * allowed, edges)
-        return grown, (grown != edges).any()
-
-    edges, _ = while_loop(lambda edges, changed: changed.clone(), grow, (strong.float(), torch.tensor(True)))
-    return edges > 0
-
-
-@contextlib.contextmanager
-def _export_friendly_ops() -> Iterator[None]:
-    """Swap in the traceable Canny hysteresis while exporting (one data-dependent loop in SCNet's edge prior)."""
-    from crackseg.models import scnet
-
-    original = scnet._hysteresis
-    scnet._hysteresis = _hysteresis_while_loop
-    try:
-        yield
-    finally:
-        scnet._hysteresis = original
 
 
 def verify_onnx(path: str | Path, module: CrackSegModule, image_size: Sequence[int], batch_size: int = 2,

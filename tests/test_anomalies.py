@@ -17,13 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fakes  # noqa: E402
 
 from crackseg.data.anomalies import AnomalySynthesizer, CutPaste, poisson_clone  # noqa: E402
-from crackseg.datamodules import PoissonBlend  # noqa: E402
 from crackseg.data.dataset import CrackDataset, Sample  # noqa: E402
 from crackseg.data.io import DataError, read_image, read_mask  # noqa: E402
 from crackseg.datamodules import (  # noqa: E402
     CrackDataModule,
     DeepCrackDataModule,
     MVTecADDataModule,
+    PoissonBlend,  # noqa: E402
     SyntheticCracksDataModule,
 )
 

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fakes  # noqa: E402
 
 from crackseg.cli import main  # noqa: E402
-from crackseg.export import ExportError, ExportWrapper, _hysteresis_while_loop, export_onnx, verify_onnx  # noqa: E402
+from crackseg.export import ExportError, ExportWrapper, export_onnx, verify_onnx  # noqa: E402
 from crackseg.lightning_modules import (  # noqa: E402
     DFR,
     OED,
@@ -29,7 +29,10 @@ from crackseg.lightning_modules import (  # noqa: E402
     UNet,
     VAEGradCAM,
 )
-from crackseg.models.scnet import _hysteresis  # noqa: E402
+from crackseg.models.scnet import (
+    _hysteresis,  # noqa: E402
+    _hysteresis_while_loop,  # noqa: E402
+)
 
 pytest.importorskip("onnx")
 

@@ -50,7 +50,9 @@ class LocalModule(CrackSegModule):
 
 
 class OutputScoreModule(LocalModule):
-    """An image score read from the network outputs (as the classifier, VAE and MSFlow do)."""
+    """An image score read from the network outputs (as the classifier, VAE and MSFlow do), declared so."""
+
+    score_reads_map_only = False
 
     def image_score(self, maps: Tensor, outputs: dict[str, Any]) -> Tensor:
         return outputs["logits"].flatten(1).mean(1)

@@ -81,6 +81,18 @@ class CrackSegModule(LightningModule):
     #: used are kept in the checkpoint under ``"crackseg_weight_sources"``.
     weight_sources: tuple[str, ...] = ()
 
+    #: whether :meth:`image_score` reads the map only (not the network outputs): tiled prediction then scores
+    #: the stitched map; otherwise an image scores the largest of its tiles' own scores.
+    score_reads_map_only: bool = True
+
+    def normalizes_maps_per_image(self) -> bool:
+        """Whether :meth:`anomaly_map` normalises each map by its own image (then tiles are not comparable)."""
+        return False
+
+    def export_blocker(self) -> str | None:
+        """Why this model's inference cannot be a forward-only ONNX graph (None: it can be exported)."""
+        return None
+
     def __init__(
         self,
         threshold: float | None = None,
@@ -285,17 +297,17 @@ class CrackSegModule(LightningModule):
 
         Each tile goes through :meth:`forward` and :meth:`anomaly_map`; the tile maps are blended into one
         map at the image's size (:func:`~crackseg.inference.tiling.predict_tiled`). The image score is
-        :meth:`image_score` of that stitched map when the hook reads only the map (the default maximum,
-        DFR / SkipAE's max / mean / top-k); when it needs the network outputs (classifier probability, VAE
-        reconstruction error, MSFlow's multiplicative map) it is the largest of the tiles' own scores: an
-        image is as defective as its worst tile. Maps normalised per image (MSFlow
-        ``map_normalization: image``, the VAE's ``min_max``) are normalised per tile instead.
+        :meth:`image_score` of that stitched map when the method declares that its score reads only the map
+        (:attr:`score_reads_map_only`: the default maximum, DFR / SkipAE's max / mean / top-k); otherwise
+        (classifier probability, VAE reconstruction error, MSFlow's multiplicative map) it is the largest of the
+        tiles' own scores: an image is as defective as its worst tile. Maps normalised per image
+        (:meth:`normalizes_maps_per_image`: MSFlow ``map_normalization: image``, the VAE's ``min_max``) are
+        normalised per tile instead, with a warning.
         """
         settings = self.tile_settings
         assert settings is not None
-        normalization = self.hparams.get("map_normalization", getattr(self, "map_normalization", None))
-        if normalization in ("image", "min_max") and not getattr(self, "_warned_tile_normalization", False):
-            rank_zero_warn(f"{type(self).__name__} normalises maps per image (map_normalization: {normalization}); "
+        if self.normalizes_maps_per_image() and not getattr(self, "_warned_tile_normalization", False):
+            rank_zero_warn(f"{type(self).__name__} normalises maps per image (map_normalization); "
                            "with predict_tile_size each tile is normalised on its own, so tiles are not comparable")
             self._warned_tile_normalization = True
         maps, scores = [], []
@@ -312,9 +324,9 @@ class CrackSegModule(LightningModule):
             total = tile_count(height, width, settings)
             with inner_progress(self._trainer, total, f"tiles of {Path(str(path)).name}") as advance:
                 map_ = predict_tiled(image, run, settings, device=self.device, progress=advance)
-            try:
-                score = self.image_score(map_[None], _MapOnly()).detach().float().cpu()[0]
-            except _OutputsNeeded:
+            if self.score_reads_map_only:
+                score = self.image_score(map_[None], {}).detach().float().cpu()[0]
+            else:
                 score = torch.stack(tile_scores).amax()
             maps.append(map_)
             scores.append(score)
@@ -413,18 +425,6 @@ class CrackSegModule(LightningModule):
         else:
             raise ValueError(f"unknown model.lr_schedule {hp.lr_schedule!r}")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-class _OutputsNeeded(KeyError):
-    """An :meth:`CrackSegModule.image_score` hook read the network outputs, which a stitched map has not."""
-
-
-class _MapOnly(dict):
-    """The empty network outputs :meth:`CrackSegModule.image_score` gets with a stitched map: reading a key
-    raises :class:`_OutputsNeeded` (the score then comes from the tiles)."""
-
-    def __missing__(self, key: str) -> Any:
-        raise _OutputsNeeded(key)
 
 
 def _crop(value: Any, padded: torch.Size, height: int, width: int) -> Any:

@@ -76,6 +76,7 @@ class CrackClassifier(CrackSegModule):
     """
 
     weight_sources = ("weights",)
+    score_reads_map_only = False  # the image score is the classifier's own probability
 
     def __init__(
         self,

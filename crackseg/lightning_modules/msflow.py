@@ -173,6 +173,11 @@ class MSFlow(CrackSegModule):
 
     maps_are_probabilities = False
     weight_sources = ("weights", "extractor_checkpoint")
+    score_reads_map_only = False  # the score is the top-k mean of the multiplicative map, from the outputs
+
+    def normalizes_maps_per_image(self) -> bool:
+        """True with ``map_normalization: image`` (each map relative to its image's maximum)."""
+        return self.hparams.map_normalization == "image"
 
     def __init__(
         self,

@@ -141,6 +141,19 @@ class VAEGradCAM(CrackSegModule):
     """
 
     maps_are_probabilities = True
+    score_reads_map_only = False  # the score is the reconstruction error
+
+    def normalizes_maps_per_image(self) -> bool:
+        """True with ``map_normalization: min_max`` (Σ_k α_k A_k min-max normalised per image)."""
+        return self.map_normalization == "min_max"
+
+    def export_blocker(self) -> str | None:
+        """Grad-CAM attention needs a backward pass: no forward-only ONNX graph."""
+        if self.attention != "gradcam":
+            return None
+        return (f"{type(self).__name__} with attention='gradcam' cannot be exported to ONNX: its map (eq. 4) weights "
+                "the encoder activations by the gradient ∂z_μ/∂A, which needs a backward pass an ONNX inference "
+                "graph does not have. A model trained with attention='activation_mean' (forward-only map) exports.")
 
     def __init__(
         self,

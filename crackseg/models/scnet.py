@@ -327,7 +327,13 @@ def _non_maximum(magnitude: Tensor, gx: Tensor, gy: Tensor) -> Tensor:
 
 
 def _hysteresis(strong: Tensor, weak: Tensor, check_every: int = 8) -> Tensor:
-    """Weak pixels 8-connected to a strong one, by repeated 3×3 dilation inside the weak mask."""
+    """Weak pixels 8-connected to a strong one, by repeated 3×3 dilation inside the weak mask.
+
+    While exporting (``torch.export`` / ONNX) the same fixed point is grown by :func:`_hysteresis_while_loop`:
+    this loop's data-dependent stop cannot be traced.
+    """
+    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+        return _hysteresis_while_loop(strong, weak)
     edges = strong.float()
     allowed = weak.float()
     limit = edges.shape[-2] * edges.shape[-1]
@@ -337,6 +343,20 @@ def _hysteresis(strong: Tensor, weak: Tensor, check_every: int = 8) -> Tensor:
         if (step + 1) % check_every == 0 and torch.equal(grown, edges):
             break
         edges = grown
+    return edges > 0
+
+
+def _hysteresis_while_loop(strong: Tensor, weak: Tensor) -> Tensor:
+    """:func:`_hysteresis` as a ``while_loop`` (an ONNX ``Loop``): grown until nothing changes."""
+    from torch._higher_order_ops import while_loop
+
+    allowed = weak.float()
+
+    def grow(edges: Tensor, changed: Tensor) -> tuple[Tensor, Tensor]:
+        grown = torch.maximum(F.max_pool2d(edges, 3, stride=1, padding=1) * allowed, edges)
+        return grown, (grown != edges).any()
+
+    edges, _ = while_loop(lambda edges, changed: changed.clone(), grow, (strong.float(), torch.tensor(True)))
     return edges > 0
 
 
