@@ -13,6 +13,7 @@ dispatched before LightningCLI parses) writes a pseudo-labelled dataset (:mod:`c
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,7 +97,9 @@ class CrackSegCLI(LightningCLI):
             if type(callback) is ModelCheckpoint:  # same state, methods that keep last.ckpt the latest
                 callback.__class__ = LastModelCheckpoint
         kwargs["callbacks"] = callbacks
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        derive_run_paths(trainer)
+        return trainer
 
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` before anything runs: it exists, loads with ``weights_only=True`` and holds
@@ -119,6 +122,16 @@ class CrackSegCLI(LightningCLI):
         """Predict without keeping every prediction in memory (the writer callback saves them)."""
         kwargs["return_predictions"] = False
         self.trainer.predict(**kwargs)
+
+
+def derive_run_paths(trainer: Any) -> None:
+    """Run paths follow ``trainer.default_root_dir`` (the run's folder, one line per config): a ModelCheckpoint
+    without ``dirpath`` writes to ``<default_root_dir>/checkpoints`` (Lightning would pick the logger's version
+    folder), so ``runs/<name>/checkpoints/best.ckpt`` is where a config's checkpoint always is."""
+    root = Path(trainer.default_root_dir)
+    for callback in trainer.callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+            callback.dirpath = os.path.realpath(root / "checkpoints")
 
 
 def _as_list(value: Any) -> list:

@@ -58,7 +58,8 @@ class PredictionWriter(Callback):
     ``skipped.csv`` (path, reason).
 
     Args:
-        output_dir: folder for the outputs.
+        output_dir: folder for the outputs; None (default): ``<trainer.default_root_dir>/predictions``, the
+            run's folder.
         stages: ``"predict"`` and / or ``"test"``.
         save_map: write the map PNGs.
         save_overlay: write the overlay PNGs.
@@ -70,7 +71,7 @@ class PredictionWriter(Callback):
             e.g. after changing the model or a threshold).
     """
 
-    def __init__(self, output_dir: str | os.PathLike = "predictions", stages: tuple[str, ...] = ("predict",),
+    def __init__(self, output_dir: str | os.PathLike | None = None, stages: tuple[str, ...] = ("predict",),
                  save_map: bool = True, save_overlay: bool = True, quantify: bool = True,
                  mm_per_pixel: float | None = None, min_crack_area: int = 0, resume: bool = True) -> None:
         unknown = set(stages) - {"predict", "test"}
@@ -80,7 +81,7 @@ class PredictionWriter(Callback):
             raise ValueError(f"PredictionWriter mm_per_pixel must be > 0 or null, got {mm_per_pixel}")
         if min_crack_area < 0:
             raise ValueError(f"PredictionWriter min_crack_area must be >= 0, got {min_crack_area}")
-        self.output_dir = Path(output_dir)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
         self.stages = tuple(stages)
         self.save_map = save_map
         self.save_overlay = save_overlay
@@ -119,6 +120,8 @@ class PredictionWriter(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Before predict: fix every image's output name (in input order), leave finished images out of the
         datamodule's predict set (``resume``) and write ``skipped.csv``."""
+        if self.output_dir is None:
+            self.output_dir = Path(trainer.default_root_dir) / "predictions"
         if stage != "predict" or "predict" not in self.stages:
             return
         self._start()
