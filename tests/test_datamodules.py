@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Callable
@@ -613,4 +614,7 @@ def test_prediction_names_of_tiles(tmp_path: Path) -> None:
     assert names == ["2016_03_r0c0.png", "2016_03_r0c1.png"]
     overlay = read_image(tmp_path / "out" / "test" / "overlays" / "2016_03_r0c1.png")
     assert overlay.shape == (16, 26, 3)
-    assert [row["source"] for row in writer._rows] == batch["path"]
+    folder = tmp_path / "out" / "test"
+    records = [json.loads(writer._record_path(folder, name[:-4]).read_text()) for name in names]
+    assert [record["row"]["source"] for record in records] == batch["path"]
+    assert all(0.0 <= record["row"]["f1"] <= 1.0 for record in records)  # per-image F1 against the tile's mask

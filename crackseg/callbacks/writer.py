@@ -177,10 +177,11 @@ class PredictionWriter(Callback):
             f1 = None
             if stage == "test" and bool(batch["has_mask"][i]):
                 truth = batch["mask"][i].detach().float()
-                f1 = _f1(outputs["pred_mask"][i].detach().cpu(), truth.cpu() > 0.5)
                 if tuple(truth.shape[-2:]) != (height, width):
                     truth = F.interpolate(truth[None], size=(height, width), mode="nearest")[0]
-                truth_png = (truth[0] > 0.5).cpu().numpy().astype(np.uint8) * 255
+                truth_mask = (truth[0] > 0.5).cpu().numpy()
+                f1 = _f1(torch.from_numpy(mask), torch.from_numpy(truth_mask))  # the written mask, at image size
+                truth_png = truth_mask.astype(np.uint8) * 255
                 _write_thumbnail(folder / "ground_truth" / f"{name}.jpg", truth_png)
             row = {
                 "name": name, "source": path, "score": float(outputs["score"][i]),
