@@ -199,8 +199,8 @@ def agreement(n_images: int, device: str, batch_size: int) -> None:
     """IoU of the fast and reference labels, and equality of their threshold masks, on more real images.
 
     Uses the ``tiny-cnn`` classifier (the thresholding does not depend on it) on ``n_images`` CrackForest and
-    ``n_images`` DeepCrack images (synthetic ones when ``../shared/data`` is absent), with the paper's bilateral
-    diameter (2) and the reference code's (5).
+    ``n_images`` DeepCrack images (synthetic ones when ``../shared/data`` is absent), with bilateral radius 1
+    (OpenCV diameter 3: d = 2 misread as a diameter) and 2 (the paper's eq. 1, diameter 5 as the reference code).
     """
     from crackseg.pseudolabels import PseudoLabelConfig
 
@@ -215,11 +215,12 @@ def agreement(n_images: int, device: str, batch_size: int) -> None:
     torch.manual_seed(0)
     classifier = StandInClassifier("tiny-cnn")
     print(f"\n# Agreement on {len(images)} images ({' + '.join(origin)}), tiny-cnn classifier\n")
-    print("| bilateral d | label IoU fast vs reference (mean, min) | identical labels | identical threshold masks | "
+    print("| bilateral radius d (OpenCV diameter) | label IoU fast vs reference (mean, min) | identical labels | "
+          "identical threshold masks | "
           "labels with >= 100 crack pixels | threshold-mask crack pixels per image |")
     print("|---|---|---|---|---|---|")
-    for diameter in (2, 5):
-        config = PseudoLabelConfig(bilateral_diameter=diameter)
+    for radius in (1, 2):  # OpenCV diameters 3 (the old reading of d = 2) and 5 (paper eq. 1, reference code)
+        config = PseudoLabelConfig(bilateral_radius=radius)
         fast = FastPseudoLabeler(classifier, config, device, batch_size)(images, keep_stages=True)
         reference = ReferencePseudoLabeler(classifier, config, device, batch_size)(images, keep_stages=True)
         pairs = list(zip(fast, reference, strict=True))
@@ -228,7 +229,8 @@ def agreement(n_images: int, device: str, batch_size: int) -> None:
         masks = sum(np.array_equal(a.stages["threshold_mask"], b.stages["threshold_mask"]) for a, b in pairs)
         kept = sum(a.kept for a in fast)
         dark = np.mean([a.stages["threshold_mask"].sum() for a in fast])
-        print(f"| {diameter} | {np.mean(scores):.4f}, {min(scores):.4f} | {labels}/{len(images)} | "
+        print(f"| {radius} ({config.bilateral_diameter}) | {np.mean(scores):.4f}, {min(scores):.4f} | "
+              f"{labels}/{len(images)} | "
               f"{masks}/{len(images)} | {kept}/{len(images)} | {dark:.0f} |", flush=True)
 
 

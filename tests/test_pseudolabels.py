@@ -210,7 +210,7 @@ def test_gradcam_is_batched_normalised_and_side_effect_free() -> None:
 
 @pytest.mark.parametrize("config", [
     PseudoLabelConfig(min_crack_pixels=20),
-    PseudoLabelConfig(patch_merge="grid", cam_class="argmax", bilateral_diameter=5, min_crack_pixels=20),
+    PseudoLabelConfig(patch_merge="grid", cam_class="argmax", min_crack_pixels=20),
 ], ids=["paper", "reference-code"])
 def test_fast_generator_agrees_with_reference(config: PseudoLabelConfig) -> None:
     """Every stage and the labels agree (IoU >= 0.99; in practice identical) on synthetic crack images, with the
@@ -384,7 +384,7 @@ def test_crackseg_help_mentions_pseudo_label(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as exc:
         main(["pseudo-label", "--help"])
     assert exc.value.code == 0
-    assert "--params.bilateral_diameter" in capsys.readouterr().out
+    assert "--params.bilateral_radius" in capsys.readouterr().out
 
 
 def test_real_crack_classifier_checkpoint(source: Path, tmp_path: Path) -> None:
@@ -414,3 +414,21 @@ def test_real_crack_classifier_checkpoint(source: Path, tmp_path: Path) -> None:
     cam = gradcam_plus_plus(classifier.net, classifier.normalize(image), 1)[:, None]
     expected = torch.nn.functional.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)
     assert torch.allclose(classifier.gradcam(image), expected.clamp(0, 1), atol=1e-6)
+
+
+def test_bilateral_d_is_a_radius_as_in_eq_1() -> None:
+    """d = 2 of §IV-C is eq. (1)'s radius: a 5 x 5 window, the reference code's ``bilateralFilter(img, 5, 120, 120)``
+    (a 3 x 3 window, d read as a diameter, gives a different grey image)."""
+    import cv2
+
+    from crackseg.pseudolabels.generator import threshold_input
+
+    image = synthetic_images()[0]
+    config = PseudoLabelConfig()
+    assert (config.bilateral_radius, config.bilateral_diameter) == (2, 5)
+    reference = cv2.cvtColor(cv2.bilateralFilter(image, 5, 120, 120), cv2.COLOR_RGB2GRAY)
+    narrow = cv2.cvtColor(cv2.bilateralFilter(image, 3, 120, 120), cv2.COLOR_RGB2GRAY)
+    assert np.array_equal(threshold_input(image, config), reference)
+    assert not np.array_equal(reference, narrow)
+    with pytest.raises(ValueError, match="bilateral_radius must be >= 1"):
+        PseudoLabelConfig(bilateral_radius=0)

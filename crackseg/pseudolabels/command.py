@@ -5,7 +5,7 @@
     crackseg pseudo-label --ckpt_path classifier.ckpt --data DeepCrackDataModule \\
         --data.init_args.root /data/DeepCrack --out runs/pseudo_deepcrack [--split train] \\
         [--generator fast|reference] [--device auto] [--include_test false] [--batch_size 256] [--precision 32] \\
-        [--params.bilateral_diameter 5] [--overwrite true]
+        [--params.bilateral_radius 2] [--overwrite true]
     crackseg pseudo-label --config configs/.../fit.yaml --ckpt_path ... --out ...   # its data: section
 
 Options are parsed by jsonargparse like ``crackseg fit``'s, so ``data`` takes the same short ``class_path``

@@ -32,7 +32,9 @@ class PseudoLabelConfig:
         localisation_threshold: the merged map (patch map + GradCAM++) / 2 keeps its values above this (0.5);
             the rest is set to 0.
         erosion_iterations: iterations of the 3 x 3 grey erosion of the localisation map (4).
-        bilateral_diameter: ``d`` of both bilateral filters: 2 (paper, §IV-C); the reference code uses 5.
+        bilateral_radius: ``d`` of both bilateral filters (2, §IV-C): a radius, as in eq. (1), whose sums run
+            from ``k - d`` to ``k + d``, so OpenCV gets the diameter ``2 d + 1`` = 5, exactly the reference
+            code's ``cv2.bilateralFilter(img, 5, 120, 120)``.
         bilateral_sigma_color: range sigma of the bilateral filters (120).
         bilateral_sigma_space: spatial sigma of the bilateral filters (120).
         closing_iterations: iterations of the final 3 x 3 closing (1).
@@ -52,7 +54,7 @@ class PseudoLabelConfig:
     cam_class: Literal["crack", "argmax"] = "crack"
     localisation_threshold: float = 0.5
     erosion_iterations: int = 4
-    bilateral_diameter: int = 2
+    bilateral_radius: int = 2
     bilateral_sigma_color: float = 120.0
     bilateral_sigma_space: float = 120.0
     closing_iterations: int = 1
@@ -60,6 +62,11 @@ class PseudoLabelConfig:
     label_threshold: float = 0.5
     min_crack_pixels: int = 100
     below_min: Literal["skip", "empty"] = "skip"
+
+    @property
+    def bilateral_diameter(self) -> int:
+        """The OpenCV window diameter of the bilateral filters, ``2 * bilateral_radius + 1``."""
+        return 2 * self.bilateral_radius + 1
 
     def __post_init__(self) -> None:
         checks = [
@@ -74,7 +81,7 @@ class PseudoLabelConfig:
             (0.0 <= self.localisation_threshold < 1.0,
              f"localisation_threshold must be in [0, 1), got {self.localisation_threshold}"),
             (self.erosion_iterations >= 0, f"erosion_iterations must be >= 0, got {self.erosion_iterations}"),
-            (self.bilateral_diameter >= 1, f"bilateral_diameter must be >= 1, got {self.bilateral_diameter}"),
+            (self.bilateral_radius >= 1, f"bilateral_radius must be >= 1, got {self.bilateral_radius}"),
             (self.bilateral_sigma_color > 0 and self.bilateral_sigma_space > 0, "bilateral sigmas must be > 0"),
             (self.closing_iterations >= 0, f"closing_iterations must be >= 0, got {self.closing_iterations}"),
             (self.morph_kernel >= 1, f"morph_kernel must be >= 1, got {self.morph_kernel}"),

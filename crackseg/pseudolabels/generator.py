@@ -9,8 +9,8 @@ a) **patch map**: the image (RGB / 255) is mirror-padded at its bottom and right
 b) **GradCAM++** of the last convolutional feature map (``net.target_layer``) for the crack class on the whole
    image, divided by its maximum, upsampled the same way;
 c) **localisation**: ``(a + b) / 2``, values <= 0.5 set to 0, grey erosion 3 x 3, 4 iterations;
-d) **thresholding**: bilateral filter (d = 2, sigma_color = sigma_space = 120) of the RGB image, grey level,
-   mirror padding to a multiple of 32, 32 x 32 patches at stride 8, each min-max normalised and split by
+d) **thresholding**: bilateral filter (radius d = 2: 5 x 5 window; sigma_color = sigma_space = 120) of the RGB image,
+   grey level, mirror padding to a multiple of 32, 32 x 32 patches at stride 8, each min-max normalised and split by
    3-class multi-Otsu; a pixel is crack when it lies below the lowest threshold in *every* patch covering it;
 e) **merge**: ``c x d`` (a confidence map), quantised to 0–255, bilateral filter again, closing 3 x 3 once:
    this is the reference code's output (:attr:`PseudoLabel.confidence`); the label is
