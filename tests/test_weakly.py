@@ -129,9 +129,10 @@ def test_augmentation_pipeline_runs() -> None:
 
 
 # -- classifier -----------------------------------------------------------------------------------
-@pytest.mark.parametrize(("backbone", "channels"), [("resnet18", 512), ("efficientnet_lite0", 320)])
-def test_classifier_net_shapes_and_target_layer(backbone: str, channels: int) -> None:
-    net = CrackClassifierNet(backbone, weights=None, hidden_features=16).eval()
+@pytest.mark.parametrize(("backbone", "tap", "channels"), [
+    ("resnet18", "head", 512), ("efficientnet_lite0", "head", 1280), ("efficientnet_lite0", "last_stage", 320)])
+def test_classifier_net_shapes_and_target_layer(backbone: str, tap: str, channels: int) -> None:
+    net = CrackClassifierNet(backbone, weights=None, hidden_features=16, tap=tap).eval()  # type: ignore[arg-type]
     assert net.channels == channels and net.reduction == 32 and net.stride == 1
     captured = []
     handle = net.target_layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
@@ -144,6 +145,35 @@ def test_classifier_net_shapes_and_target_layer(backbone: str, channels: int) ->
     assert torch.equal(captured[0], features)  # the hooked module's output is the last conv map
     assert torch.allclose(net.classify(features), logits)
 
+
+
+@pytest.mark.parametrize(("backbone", "weights"), [
+    ("resnet18", None), ("efficientnet_lite0", "offline"), ("mobilenetv2_050", None), ("vgg11", None)])
+def test_classifier_reads_an_activated_map_and_its_cam_is_not_zero(backbone: str, weights: str | None) -> None:
+    """Every backbone family taps an activated map (ResNet layer4, EfficientNet / MobileNetV2 head bn2 + act,
+    VGG pre-logits ReLU), so the Grad-CAM++ of the crack class on a crack image is not all zero."""
+    from crackseg.data.synthetic import generate_sample
+    from crackseg.models.gradcam import gradcam_plus_plus
+
+    torch.manual_seed(0)
+    net = CrackClassifierNet(backbone, weights=weights, hidden_features=16).eval()
+    image, mask = generate_sample(3, (128, 128))[:2]
+    assert mask.any()
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)  # symmetric, as offline weights
+    with torch.no_grad():
+        assert float(net.features(x).min()) >= 0.0
+    cam = gradcam_plus_plus(net, x, 1)
+    assert cam.shape[0] == 1 and float(cam.max()) > 0.0
+
+
+def test_efficientnet_last_stage_is_not_activated() -> None:
+    """The old tap (timm's last features_only level, ``blocks.6``) holds negative activations: why it is not
+    the default."""
+    net = CrackClassifierNet("efficientnet_lite0", weights="offline", hidden_features=16, tap="last_stage").eval()
+    with torch.no_grad():
+        features = net.features(torch.rand(1, 3, 64, 64) * 2 - 1)
+    assert net.target_layer_name.endswith("blocks_6") or net.target_layer_name.endswith("blocks.6")
+    assert float((features < 0).float().mean()) > 0.2
 
 def test_crack_probability_and_gradcam() -> None:
     model = CrackClassifier(backbone="resnet18", weights=None, hidden_features=16)

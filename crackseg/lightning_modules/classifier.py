@@ -63,6 +63,10 @@ class CrackClassifier(CrackSegModule):
             stem_width: 8}`` with ``backbone: resnet10t`` for a narrow ResNet (not in the paper: the small
             classifier that lets pseudo-labelling run at >= 10 images/s on a 2-core CPU; train it with
             ``weights: null``).
+        tap: the map the head pools and Grad-CAM++ reads: ``"head"`` (the activated top: ResNet ``layer4``,
+            EfficientNet's head conv activation ``bn2``, 1280 channels) or ``"last_stage"`` (timm's last
+            ``features_only`` level; an EfficientNet's 320 un-activated ``blocks.6`` channels). See
+            :class:`~crackseg.models.classifier.CrackClassifierNet`.
         gradcam_maps: add the Grad-CAM++ map of the crack class to the map logger's panels.
         normalization: input normalisation: ``"imagenet"`` for hub ImageNet weights; the offline
             EfficientNet-Lite0 weights expect ``"symmetric"`` (a warning says so otherwise).
@@ -85,6 +89,7 @@ class CrackClassifier(CrackSegModule):
         hidden_features: int = 1000,
         dropout: float = 0.0,
         backbone_kwargs: dict[str, Any] | None = None,
+        tap: Literal["head", "last_stage"] = "head",
         gradcam_maps: bool = True,
         normalization: Literal["symmetric", "imagenet", "unit"] = "imagenet",
         optimizer: Literal["sgd", "adam", "adamw"] = "sgd",
@@ -103,7 +108,7 @@ class CrackClassifier(CrackSegModule):
         """The classifier network (``self.net``), built from the hyper-parameters."""
         hp = self.hparams
         self.net = CrackClassifierNet(hp.backbone, hp.weights, hp.hidden_features, 2, hp.dropout,
-                                      hp.get("backbone_kwargs"))
+                                      hp.get("backbone_kwargs"), hp.get("tap", "last_stage"))
 
     # -- inference --------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> dict[str, Any]:

@@ -3,8 +3,14 @@
 :class:`CrackClassifierNet` is the reference code's classifier (jacobkoenig/WeaklySupervisedCrackSeg,
 TensorFlow): a pretrained backbone (ResNet50 there) → global average pooling → Dense(1000, ReLU) →
 Dense(2) (softmax in the loss here, so the network returns logits). The backbone comes from the shared
-factory :func:`crackseg.models.backbones.create_backbone` (timm ``features_only``, last feature level
-only), so any timm network and every weights source (hub, file, offline EfficientNet-Lite0, random) work.
+factory :func:`crackseg.models.backbones.create_backbone`, so any timm network and every weights source
+(hub, file, offline EfficientNet-Lite0, random) work. The classifier reads the network's *activated top*:
+Keras' ``ResNet50(include_top=False)`` output in the reference code (ReLU after ``conv5``, timm ``layer4``),
+and for networks with a 1×1 head conv before pooling (timm EfficientNets, MobileNetV2: ``conv_head`` →
+``bn2`` with its activation, 1280 channels) that head's activation, as Keras' EfficientNet
+``top_activation`` and the OED encoder. timm's last ``features_only`` level of an EfficientNet is the
+320-channel ``blocks.6`` output before any activation: about half of it negative, and Grad-CAM++ of it
+came out all-zero on real crack images (``tap="last_stage"`` keeps that reading).
 
 :func:`crackseg.models.gradcam.gradcam_plus_plus` computes Grad-CAM++ (Chattopadhay et al., WACV 2018) at
 the classifier's last convolutional feature map (``net.target_layer``), the class-activation half of König
@@ -13,7 +19,7 @@ et al.'s coarse localisation (§III-B).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import timm
 import torch
@@ -21,7 +27,7 @@ from torch import Tensor, nn
 
 from crackseg.models.backbones import create_backbone
 
-__all__ = ["CrackClassifierNet", "last_feature_level"]
+__all__ = ["CrackClassifierNet", "head_activation_layer", "last_feature_level"]
 
 
 def last_feature_level(name: str, model_kwargs: dict[str, Any] | None = None) -> int:
@@ -46,10 +52,25 @@ def last_feature_level(name: str, model_kwargs: dict[str, Any] | None = None) ->
     return len(probe.feature_info.channels()) - 1
 
 
+def head_activation_layer(name: str, model_kwargs: dict[str, Any] | None = None) -> str | None:
+    """``"bn2"`` when the timm model ``name`` ends in a 1×1 head conv + BN-activation before pooling
+    (EfficientNet, MobileNetV2 families), else None (its last feature level is already activated, e.g. ResNet's
+    ``layer4``). Built on the ``meta`` device."""
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, **(model_kwargs or {}))
+    modules = dict(model.named_children())
+    order = list(modules)
+    if "conv_head" not in modules or "bn2" not in modules or "global_pool" not in modules:
+        return None
+    # MobileNetV3 / GhostNet pool first and run their head conv on a 1x1 map: no spatial map to tap there.
+    return "bn2" if order.index("conv_head") < order.index("global_pool") else None
+
+
 def _module_name(model: nn.Module, name: str) -> str:
-    """The module name of a timm feature-info name in ``model`` (features-only wrappers flatten ``a.b`` to ``a_b``)."""
+    """The module name of a timm feature-info name in ``model`` (features-only wrappers flatten ``a.b`` to ``a_b``,
+    hooked layers live under ``model.``)."""
     modules = dict(model.named_modules())
-    for candidate in (name, name.replace(".", "_")):
+    for candidate in (name, name.replace(".", "_"), f"model.{name}"):
         if candidate in modules:
             return candidate
     raise ValueError(f"cannot find the last feature stage {name!r} in {type(model).__name__}")
@@ -71,6 +92,9 @@ class CrackClassifierNet(nn.Module):
         dropout: dropout before each dense layer (0 in the reference code).
         backbone_kwargs: extra arguments of the timm constructor (e.g. ``channels`` / ``stem_width`` of a
             narrow ResNet: the small CPU classifier of ``configs/weakly/classifier_fast_deepcrack.yaml``).
+        tap: which map feeds the pooling and Grad-CAM++: ``"head"`` (default: the activated head conv of
+            networks that have one, see :func:`head_activation_layer`, else the last feature level) or
+            ``"last_stage"`` (timm's last ``features_only`` level, un-activated for EfficientNets).
 
     Attributes:
         backbone: the timm feature network (last level only).
@@ -82,7 +106,8 @@ class CrackClassifierNet(nn.Module):
     """
 
     def __init__(self, backbone: str = "resnet50", weights: str | None = "auto", hidden_features: int = 1000,
-                 num_classes: int = 2, dropout: float = 0.0, backbone_kwargs: dict[str, Any] | None = None) -> None:
+                 num_classes: int = 2, dropout: float = 0.0, backbone_kwargs: dict[str, Any] | None = None,
+                 tap: Literal["head", "last_stage"] = "head") -> None:
         super().__init__()
         if hidden_features < 0:
             raise ValueError(f"model.init_args.hidden_features must be >= 0, got {hidden_features}")
@@ -90,8 +115,15 @@ class CrackClassifierNet(nn.Module):
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"model.init_args.dropout must be in [0, 1), got {dropout}")
+        if tap not in ("head", "last_stage"):
+            raise ValueError(f"model.init_args.tap must be 'head' or 'last_stage', got {tap!r}")
         level = last_feature_level(backbone, backbone_kwargs)
-        self.backbone = create_backbone(backbone, out_indices=[level], weights=weights, model_kwargs=backbone_kwargs)
+        head = head_activation_layer(backbone, backbone_kwargs) if tap == "head" else None
+        if head is None:
+            self.backbone = create_backbone(backbone, out_indices=[level], weights=weights,
+                                            model_kwargs=backbone_kwargs)
+        else:
+            self.backbone = create_backbone(backbone, weights=weights, layers=[head], model_kwargs=backbone_kwargs)
         self.weights_source: str = self.backbone.weights_source
         self.channels = int(self.backbone.feature_info.channels()[-1])
         self.reduction = int(self.backbone.feature_info.reduction()[-1])
