@@ -163,7 +163,7 @@ def load_module(path: str | os.PathLike, model: type | str | None = None, base: 
             warnings.filterwarnings("ignore", message=".*offline EfficientNet-Lite0.*")
             module = cls.load_from_checkpoint(str(path), map_location="cpu", weights_only=True, **kwargs)
     except Exception as error:  # noqa: BLE001  (missing / unexpected keys, bad arguments all land here)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = " ".join(str(error).split()) or type(error).__name__  # one line, keys named (missing / unexpected)
         raise CheckpointError(f"checkpoint {path} cannot be loaded as {cls.__name__} "
                               f"({type(error).__name__}: {reason[:300]})") from None
     return module

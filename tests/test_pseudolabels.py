@@ -432,3 +432,30 @@ def test_bilateral_d_is_a_radius_as_in_eq_1() -> None:
     assert not np.array_equal(reference, narrow)
     with pytest.raises(ValueError, match="bilateral_radius must be >= 1"):
         PseudoLabelConfig(bilateral_radius=0)
+
+
+def test_classifier_checkpoint_loads_after_its_weights_file_moved(tmp_path: Path) -> None:
+    """A classifier trained from a weights file is rebuilt without it (the checkpoint holds the weights); a
+    checkpoint that does not fit says what failed, not that it "is not a CrackClassifier checkpoint"."""
+    import lightning
+
+    from crackseg.lightning_modules import CrackClassifier
+    from crackseg.models.backbones import create_backbone
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(create_backbone("resnet18", weights=None).state_dict(), weights)
+    module = CrackClassifier(backbone="resnet18", weights=str(weights), hidden_features=8, normalization="imagenet")
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                  "pytorch-lightning_version": lightning.__version__}
+    module.on_save_checkpoint(checkpoint)
+    path = tmp_path / "classifier.ckpt"
+    torch.save(checkpoint, path)
+    weights.unlink()  # the file the backbone started from is gone
+    loaded = load_classifier(path)
+    images = torch.rand(2, 3, 32, 32)
+    module.eval()
+    assert torch.allclose(loaded.crack_probability(images), module.crack_probability(images), atol=1e-6)
+    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if "head" not in k}
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match=r"cannot be loaded as CrackClassifier \(RuntimeError: .*head"):
+        load_classifier(path)
