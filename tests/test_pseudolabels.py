@@ -211,7 +211,8 @@ def test_gradcam_is_batched_normalised_and_side_effect_free() -> None:
 @pytest.mark.parametrize("config", [
     PseudoLabelConfig(min_crack_pixels=20),
     PseudoLabelConfig(patch_merge="grid", cam_class="argmax", min_crack_pixels=20),
-], ids=["paper", "reference-code"])
+    PseudoLabelConfig(patch_merge="grid", cam_class="argmax", code_quirks=True, min_crack_pixels=20),
+], ids=["paper", "reference-code-merge", "reference-code-quirks"])
 def test_fast_generator_agrees_with_reference(config: PseudoLabelConfig) -> None:
     """Every stage and the labels agree (IoU >= 0.99; in practice identical) on synthetic crack images, with the
     classifier in channels-last (the fast default) or contiguous memory."""
@@ -430,6 +431,9 @@ def test_bilateral_d_is_a_radius_as_in_eq_1() -> None:
     narrow = cv2.cvtColor(cv2.bilateralFilter(image, 3, 120, 120), cv2.COLOR_RGB2GRAY)
     assert np.array_equal(threshold_input(image, config), reference)
     assert not np.array_equal(reference, narrow)
+    quirks = threshold_input(image, PseudoLabelConfig(code_quirks=True))  # the official code: BGR2GRAY of RGB
+    assert np.array_equal(quirks, cv2.cvtColor(cv2.bilateralFilter(image, 5, 120, 120), cv2.COLOR_BGR2GRAY))
+    assert not np.array_equal(quirks, reference)
     with pytest.raises(ValueError, match="bilateral_radius must be >= 1"):
         PseudoLabelConfig(bilateral_radius=0)
 
@@ -459,3 +463,14 @@ def test_classifier_checkpoint_loads_after_its_weights_file_moved(tmp_path: Path
     torch.save(checkpoint, path)
     with pytest.raises(CheckpointError, match=r"cannot be loaded as CrackClassifier \(RuntimeError: .*head"):
         load_classifier(path)
+
+
+def test_code_quirks_resize_8_bit_maps_with_pil_hamming() -> None:
+    """``code_quirks`` maps: rounded to 8 bits, then PIL's Hamming resize (official code); default: float Lanczos."""
+    from crackseg.pseudolabels.generator import upsample
+
+    grid = np.random.default_rng(0).random((5, 7)).astype(np.float32)
+    quirky = upsample(grid, (40, 56), code_quirks=True)
+    expected = Image.fromarray(np.rint(grid * 255).astype(np.uint8)).resize((56, 40), Image.Resampling.HAMMING)
+    assert quirky.shape == (40, 56) and np.array_equal(quirky * 255.0, np.asarray(expected, np.float32))
+    assert not np.allclose(quirky, upsample(grid, (40, 56)), atol=1e-3)

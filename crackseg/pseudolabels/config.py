@@ -37,6 +37,10 @@ class PseudoLabelConfig:
             code's ``cv2.bilateralFilter(img, 5, 120, 120)``.
         bilateral_sigma_color: range sigma of the bilateral filters (120).
         bilateral_sigma_space: spatial sigma of the bilateral filters (120).
+        code_quirks: reproduce three details of the official code that depart from the paper (False: the
+            paper's reading): grey level by ``cv2.COLOR_BGR2GRAY`` of an RGB image (red and blue weights
+            swapped), maps rounded to 8 bits and resized with PIL's Hamming filter (instead of a float Lanczos
+            resize). With ``patch_merge="grid"`` and ``cam_class="argmax"`` too, this is the official pipeline.
         closing_iterations: iterations of the final 3 x 3 closing (1).
         morph_kernel: side of the square structuring element of the erosion and the closing (3).
         label_threshold: the final confidence map (0–255, the reference code's output) is binarised at
@@ -57,6 +61,7 @@ class PseudoLabelConfig:
     bilateral_radius: int = 2
     bilateral_sigma_color: float = 120.0
     bilateral_sigma_space: float = 120.0
+    code_quirks: bool = False
     closing_iterations: int = 1
     morph_kernel: int = 3
     label_threshold: float = 0.5

@@ -40,6 +40,7 @@ from typing import Literal, Protocol
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -124,18 +125,26 @@ def pad_bottom_right(array: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(array, [(0, pad_h), (0, pad_w)] + [(0, 0)] * (array.ndim - 2), mode="reflect")
 
 
-def upsample(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Lanczos (``cv2.INTER_LANCZOS4``) resize of a float map to ``size`` = (height, width), clipped to [0, 1]."""
+def upsample(values: np.ndarray, size: tuple[int, int], code_quirks: bool = False) -> np.ndarray:
+    """Lanczos (``cv2.INTER_LANCZOS4``) resize of a float map to ``size`` = (height, width), clipped to [0, 1].
+
+    With ``code_quirks`` (the official code): the map is rounded to 8 bits and resized by PIL's Hamming filter.
+    """
+    if code_quirks:
+        quantised = Image.fromarray(np.clip(np.rint(np.asarray(values) * 255.0), 0, 255).astype(np.uint8))
+        resized_8bit = quantised.resize((size[1], size[0]), resample=Image.Resampling.HAMMING)
+        return np.asarray(resized_8bit, np.float32) / 255.0
     resized = cv2.resize(np.ascontiguousarray(values, np.float32), (size[1], size[0]),
                          interpolation=cv2.INTER_LANCZOS4)
     return np.clip(resized, 0.0, 1.0)
 
 
 def threshold_input(image: np.ndarray, config: PseudoLabelConfig) -> np.ndarray:
-    """The grey image that is thresholded: bilateral filter of the RGB image, then RGB -> grey (uint8)."""
+    """The grey image that is thresholded: bilateral filter of the RGB image, then RGB -> grey (uint8;
+    ``code_quirks``: ``COLOR_BGR2GRAY`` of the RGB image, as the official code)."""
     filtered = cv2.bilateralFilter(image, config.bilateral_diameter, config.bilateral_sigma_color,
                                    config.bilateral_sigma_space)
-    return cv2.cvtColor(filtered, cv2.COLOR_RGB2GRAY)
+    return cv2.cvtColor(filtered, cv2.COLOR_BGR2GRAY if config.code_quirks else cv2.COLOR_RGB2GRAY)
 
 
 def localisation_map(patch_map: np.ndarray, cam: np.ndarray, config: PseudoLabelConfig) -> np.ndarray:
@@ -232,7 +241,7 @@ class PseudoLabelGenerator:
         batch = batch.contiguous(memory_format=self.memory_format)
         maps = gradcam_plus_plus(self.classifier.net, self.classifier.normalize(batch), self._cam_class())
         size = images[0].shape[:2]
-        return [upsample(cam, size) for cam in maps.cpu().numpy()]
+        return [upsample(cam, size, self.config.code_quirks) for cam in maps.cpu().numpy()]
 
     def __call__(self, images: Sequence[np.ndarray], keep_stages: bool = False) -> list[PseudoLabel]:
         """Pseudo labels of RGB uint8 images (any sizes >= the patch size)."""
@@ -288,7 +297,7 @@ class ReferencePseudoLabeler(PseudoLabelGenerator):
                     probabilities.append(self.classifier.crack_probability(batch).float().cpu())
             grid = torch.cat(probabilities).numpy().reshape(len(rows), len(cols))
             if cfg.patch_merge == "grid":
-                maps.append(upsample(grid, image.shape[:2]))
+                maps.append(upsample(grid, image.shape[:2], cfg.code_quirks))
                 continue
             # average the overlapping patches over each stride x stride cell
             per_cell = size // stride
@@ -299,7 +308,7 @@ class ReferencePseudoLabeler(PseudoLabelGenerator):
                     sums[i:i + per_cell, j:j + per_cell] += grid[i, j]
                     counts[i:i + per_cell, j:j + per_cell] += 1
             cells = (sums / counts).astype(np.float32)
-            maps.append(upsample(cells, padded.shape[:2])[:image.shape[0], :image.shape[1]])
+            maps.append(upsample(cells, padded.shape[:2], cfg.code_quirks)[:image.shape[0], :image.shape[1]])
         return maps
 
     def cams(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -368,7 +377,7 @@ class FastPseudoLabeler(PseudoLabelGenerator):
             grid = probabilities[offset:offset + gh * gw].reshape(gh, gw)
             offset += gh * gw
             if cfg.patch_merge == "grid":
-                maps.append(upsample(grid, image.shape[:2]))
+                maps.append(upsample(grid, image.shape[:2], cfg.code_quirks))
                 continue
             # each cell sums the patches covering it: per_cell^2 shifted copies of the grid
             sums = np.zeros((gh + per_cell - 1, gw + per_cell - 1), np.float64)
@@ -379,7 +388,7 @@ class FastPseudoLabeler(PseudoLabelGenerator):
                     counts[di:di + gh, dj:dj + gw] += 1
             cells = (sums / counts).astype(np.float32)
             padded_size = ((gh + per_cell - 1) * stride, (gw + per_cell - 1) * stride)
-            maps.append(upsample(cells, padded_size)[:image.shape[0], :image.shape[1]])
+            maps.append(upsample(cells, padded_size, cfg.code_quirks)[:image.shape[0], :image.shape[1]])
         return maps
 
     def cams(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
