@@ -105,9 +105,26 @@ def test_bad_patch_options_name_the_option(tmp_path: Path) -> None:
     source = DeepCrackDataModule(tmp_path)
     for kwargs, option in (({"stride": 0}, "data.init_args.stride"), ({"patch_size": 0}, "data.init_args.patch_size"),
                            ({"multiplicative_noise": 1.5}, "data.init_args.multiplicative_noise"),
-                           ({"gauss_noise_std": -1.0}, "data.init_args.gauss_noise_std")):
+                           ({"gauss_noise_std": -1.0}, "data.init_args.gauss_noise_std"),
+                           ({"color_jitter_probability": 1.5}, "data.init_args.color_jitter_probability")):
         with pytest.raises(ValueError, match=option):
             PatchClassificationDataModule(source, **kwargs)
+
+
+
+def test_patch_augmentation_probabilities_as_the_reference_code(tmp_path: Path) -> None:
+    """König et al.'s classifier code: ColorJitter p 0.75; OneOf(Gaussian, multiplicative) forces the chosen
+    noise, so every training window gets one (measured here on 200 draws)."""
+    import albumentations as A
+
+    data = PatchClassificationDataModule(DeepCrackDataModule(tmp_path))
+    ops = {type(op).__name__: op for op in data.transforms[True].transforms}
+    assert ops["ColorJitter"].p == 0.75
+    noise = ops["OneOf"]
+    image = np.full((16, 16, 3), 128, np.uint8)
+    pipeline = A.Compose([noise], seed=0)
+    changed = sum(not np.array_equal(pipeline(image=image)["image"], image) for _ in range(200))
+    assert changed >= 170  # noise on 30 % would change about 60; a tiny std or factor can leave a flat image as is
 
 
 def test_augmentation_pipeline_runs() -> None:

@@ -22,7 +22,7 @@ def gauss_noise(max_std: float) -> A.BasicTransform:
 def build_transform(train: bool, crop_size: int | None = None, image_size: tuple[int, int] | None = None,
                     rotate_limit: float = 90.0, flip: bool = True, color_jitter: float = 0.0, *,
                     rotate90: bool = False, hue_jitter: float = 0.0, gauss_noise_std: float = 0.0,
-                    multiplicative_noise: float = 0.0) -> A.Compose:
+                    multiplicative_noise: float = 0.0, color_jitter_probability: float = 0.8) -> A.Compose:
     """The augmentation pipeline of a split.
 
     Defaults follow SCNet / HCNN (§V-B): random rotation in [0, rotate_limit] degrees, horizontal and
@@ -32,7 +32,9 @@ def build_transform(train: bool, crop_size: int | None = None, image_size: tuple
     The noise options follow König et al.'s weakly supervised crack segmentation (§IV-C: colour jitter,
     Gaussian and multiplicative noise; their code draws one of the two noises per image, albumentations
     ``OneOf``): when both are enabled, one of them, chosen at random, is applied to every training image;
-    when one is enabled, it is applied to every training image.
+    when one is enabled, it is applied to every training image. (Their per-noise ``p=0.3`` inside
+    ``OneOf(..., p=1)`` only weights the choice: albumentations applies the chosen transform with
+    ``force_apply=True``, in the 0.4 releases of 2020 as in 2.x.)
 
     Args:
         train: whether to augment.
@@ -42,6 +44,8 @@ def build_transform(train: bool, crop_size: int | None = None, image_size: tuple
         rotate_limit: largest rotation in degrees (0 disables rotation).
         flip: random horizontal and vertical flips.
         color_jitter: brightness / contrast / saturation jitter strength (0 disables it).
+        color_jitter_probability: probability that a training image is colour-jittered (0.8; König et al.'s
+            classifier code: 0.75).
         rotate90: random rotation by a multiple of 90° (no interpolation, no border: the content and any
             image-level label are preserved; with ``flip`` it draws any of the 8 symmetries of the square).
         hue_jitter: hue jitter of the colour jitter (fraction of the hue circle; used when
@@ -75,7 +79,7 @@ def build_transform(train: bool, crop_size: int | None = None, image_size: tuple
             ops += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
         if color_jitter > 0:
             ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
-                                     hue=hue_jitter, p=0.8))
+                                     hue=hue_jitter, p=color_jitter_probability))
         noises: list[A.BasicTransform] = []
         if gauss_noise_std > 0:
             noises.append(gauss_noise(gauss_noise_std))

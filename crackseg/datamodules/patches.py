@@ -197,6 +197,7 @@ class PatchClassificationDataModule(CrackDataModule):
         flip: random horizontal and vertical flips in training.
         color_jitter: brightness / contrast / saturation jitter (0.2 in the reference code; 0 disables).
         hue_jitter: hue jitter (0.2 in the reference code).
+        color_jitter_probability: probability of the colour jitter per window (0.75 in the reference code).
         gauss_noise_std: largest standard deviation of the additive Gaussian noise, as a fraction of the
             intensity range (0.01 in the reference code; 0 disables).
         multiplicative_noise: the image is multiplied by a factor in [1 − m, 1 + m] (0.25 in the reference
@@ -219,6 +220,7 @@ class PatchClassificationDataModule(CrackDataModule):
         flip: bool = True,
         color_jitter: float = 0.2,
         hue_jitter: float = 0.2,
+        color_jitter_probability: float = 0.75,
         gauss_noise_std: float = 0.01,
         multiplicative_noise: float = 0.25,
         predict_path: str | os.PathLike | None = None,
@@ -249,11 +251,15 @@ class PatchClassificationDataModule(CrackDataModule):
         self.min_crack_pixels = min_crack_pixels
         self.rotate90 = rotate90
         self.hue_jitter = hue_jitter
+        if not 0.0 <= color_jitter_probability <= 1.0:
+            raise ValueError("data.init_args.color_jitter_probability must be in [0, 1], got "
+                             f"{color_jitter_probability}")
         self.gauss_noise_std = gauss_noise_std
         self.multiplicative_noise = multiplicative_noise
         self.transforms = {train: build_transform(train, None, None, 0.0, flip, color_jitter, rotate90=rotate90,
                                                   hue_jitter=hue_jitter, gauss_noise_std=gauss_noise_std,
-                                                  multiplicative_noise=multiplicative_noise)
+                                                  multiplicative_noise=multiplicative_noise,
+                                                  color_jitter_probability=color_jitter_probability)
                            for train in (True, False)}
         self.datasets: dict[str, Any] = {}
 
