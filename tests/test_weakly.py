@@ -384,3 +384,35 @@ def test_backbone_kwargs_reach_timm_and_bad_ones_name_the_argument() -> None:
     assert model.crack_probability(torch.rand(2, 3, 32, 32)).shape == (2,)
     with pytest.raises(ValueError, match="resnet10t.*not_an_argument"):
         CrackClassifier(backbone="resnet10t", weights=None, backbone_kwargs={"not_an_argument": 1})
+
+
+def test_eight_fold_enlargement_enumerates_the_symmetries(tmp_path: Path) -> None:
+    """``enumerate_symmetries``: each training window / image appears in its 8 symmetries (4 quarter turns x 2
+    flips, §IV-A), validation stays as is; the paper's configs switch it on."""
+    from crackseg.data.transforms import dihedral
+
+    root = make_deepcrack(tmp_path / "dc", n_train=4, n_test=2, size=(48, 48))
+    plain = PatchClassificationDataModule(DeepCrackDataModule(root, val_fraction=0.25), patch_size=32, stride=16,
+                                          color_jitter=0.0, gauss_noise_std=0.0, multiplicative_noise=0.0)
+    eight = PatchClassificationDataModule(DeepCrackDataModule(root, val_fraction=0.25), patch_size=32, stride=16,
+                                          color_jitter=0.0, gauss_noise_std=0.0, multiplicative_noise=0.0,
+                                          enumerate_symmetries=True)
+    plain.setup("fit")
+    eight.setup("fit")
+    train = eight.datasets["train"]
+    assert len(train) == 8 * len(plain.datasets["train"]) and len(eight.datasets["val"]) == len(plain.datasets["val"])
+    assert "Flip" not in str(eight.transforms[True]) and "RandomRotate90" not in str(eight.transforms[True])
+    base = train[0]["image"].permute(1, 2, 0).numpy()
+    variants = [train[v]["image"].permute(1, 2, 0).numpy() for v in range(8)]
+    for v, image in enumerate(variants):
+        assert np.array_equal(image, dihedral(base, v))
+    assert len({image.tobytes() for image in variants}) == 8  # a crack window is not symmetric
+    assert (train.labels()[:8] == train.labels()[0]).all()
+
+    seg = DeepCrackDataModule(root, val_fraction=0.25, crop_size=None, rotate_limit=0.0, enumerate_symmetries=True)
+    seg.setup("fit")
+    items = [seg.datasets["train"][v] for v in range(8)]
+    for v, item in enumerate(items):
+        assert np.array_equal(item["mask"][0].numpy(), dihedral(items[0]["mask"][0].numpy(), v))
+    with pytest.raises(ValueError, match="data.init_args.enumerate_symmetries.*crop_size"):
+        DeepCrackDataModule(root, crop_size=None, image_size=(32, 48), enumerate_symmetries=True)

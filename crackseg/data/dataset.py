@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from crackseg.data.io import DataError, read_image, read_mask
+from crackseg.data.transforms import SYMMETRIES, dihedral
 
 if TYPE_CHECKING:
     from crackseg.data.anomalies import AnomalySynthesizer
@@ -179,12 +180,16 @@ class CrackDataset(Dataset):
             of each index the same on every call (validation).
         random_transform: the transform is random (training augmentation): reseed it from torch's RNG
             before each item (:func:`seed_transform`), so seeded runs augment identically.
+        variants: 1, or 8 for the 8-fold enlargement (König et al. §IV-C): item ``8 i + v`` is sample ``i``
+            in symmetry ``v`` (:func:`~crackseg.data.transforms.dihedral`), applied before ``transform``.
     """
 
     def __init__(self, samples: Sequence[Sample], transform: Callable[..., dict[str, Any]] | None = None,
                  mask_threshold: int = 127, synthesizer: AnomalySynthesizer | None = None,
                  synthetic_probability: float = 0.5, synthetic_seed: int | None = None,
-                 random_transform: bool = False) -> None:
+                 random_transform: bool = False, variants: int = 1) -> None:
+        if variants not in (1, SYMMETRIES):
+            raise ValueError(f"variants must be 1 or {SYMMETRIES}, got {variants}")
         if not 0.0 <= synthetic_probability <= 1.0:
             raise ValueError(f"synthetic_probability must be in [0, 1], got {synthetic_probability}")
         self.samples = list(samples)
@@ -194,9 +199,10 @@ class CrackDataset(Dataset):
         self.synthetic_probability = synthetic_probability
         self.synthetic_seed = synthetic_seed
         self.random_transform = random_transform
+        self.variants = variants
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.samples) * self.variants
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The raw RGB image and {0, 1} mask (None without mask) of sample ``index``, cropped to its tile."""
@@ -209,8 +215,11 @@ class CrackDataset(Dataset):
         return np.random.default_rng([self.synthetic_seed % 2**64, index])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        index, variant = divmod(index, self.variants)
         sample = self.samples[index]
         image, mask = self.load(index)
+        if variant:
+            image, mask = dihedral(image, variant), None if mask is None else dihedral(mask, variant)
         orig_size = image.shape[:2]
         label = sample.label
         has_mask = mask is not None or label == 0  # a crack-free image's mask is known: all zeros

@@ -6,6 +6,7 @@ import inspect
 
 import albumentations as A
 import cv2
+import numpy as np
 
 
 def gauss_noise(max_std: float) -> A.BasicTransform:
@@ -17,6 +18,22 @@ def gauss_noise(max_std: float) -> A.BasicTransform:
     if "std_range" in inspect.signature(A.GaussNoise).parameters:
         return A.GaussNoise(std_range=(0.0, max_std), p=1.0)
     return A.GaussNoise(var_limit=(0.0, (max_std * 255.0) ** 2), p=1.0)  # pragma: no cover (old API)
+
+
+#: the number of symmetries of the square: 4 rotations by 90° x (identity, horizontal flip)
+SYMMETRIES = 8
+
+
+def dihedral(array: np.ndarray, variant: int) -> np.ndarray:
+    """Symmetry ``variant`` (0–7) of an ``(H, W[, C])`` array: rotation by ``variant % 4`` x 90°
+    counter-clockwise, then a left-right flip for ``variant >= 4`` (0 is the array itself).
+
+    Hand-written in two numpy calls: albumentations draws these at random, and the offline 8-fold enlargement
+    of König et al. (§IV-C) enumerates them."""
+    if not 0 <= variant < SYMMETRIES:
+        raise ValueError(f"variant must be in 0..7, got {variant}")
+    out = np.rot90(array, variant % 4)
+    return np.ascontiguousarray(out[:, ::-1] if variant >= 4 else out)
 
 
 def build_transform(train: bool, crop_size: int | None = None, image_size: tuple[int, int] | None = None,

@@ -29,7 +29,7 @@ from crackseg.data.io import (
     read_mask,
     read_mask_levels,
 )
-from crackseg.data.transforms import build_transform
+from crackseg.data.transforms import SYMMETRIES, build_transform
 
 Split = Literal["train", "val", "test"]
 
@@ -79,6 +79,10 @@ class CrackDataModule(LightningDataModule):
             range; 0 = off), as König et al. add to their segmentation training (§IV-E).
         multiplicative_noise: training multiplicative noise strength (factors in [1 - m, 1 + m]; 0 = off);
             with both noises on, one of them is applied per image.
+        enumerate_symmetries: enlarge the training split 8-fold: every image in its 4 rotations by 90° x 2
+            flips, before the random augmentation (König et al.'s offline enlargement, §IV-C; an epoch is 8
+            times longer). The random ``flip`` is then off; ``rotate_limit`` still applies. A quarter turn
+            swaps a non-square image's sides, so a non-square ``image_size`` needs a ``crop_size``.
         shuffle: shuffle the training images every epoch (under DDP Lightning's ``DistributedSampler``
             shuffles, seeded by ``seed_everything``); false reads them in order, under DDP too (process r of
             N gets images r, r + N, ...: the same global batches with 1 or N processes).
@@ -110,6 +114,7 @@ class CrackDataModule(LightningDataModule):
         synthetic_splits: Sequence[str] = ("train", "val"),
         gauss_noise_std: float = 0.0,
         multiplicative_noise: float = 0.0,
+        enumerate_symmetries: bool = False,
         shuffle: bool = True,
         on_unreadable: Literal["skip", "error"] = "skip",
     ) -> None:
@@ -159,6 +164,10 @@ class CrackDataModule(LightningDataModule):
                 raise ValueError(f"data.init_args.{name} must be in [0, 1), got {value}")
         self.gauss_noise_std = gauss_noise_std
         self.multiplicative_noise = multiplicative_noise
+        if enumerate_symmetries and crop_size is None and image_size is not None and image_size[0] != image_size[1]:
+            raise ValueError(f"data.init_args.enumerate_symmetries turns images by 90°, which the non-square "
+                             f"data.init_args.image_size {list(image_size)} would stretch back: set a crop_size")
+        self.enumerate_symmetries = enumerate_symmetries
         self.shuffle = shuffle
         self.on_unreadable = on_unreadable
         self.datasets: dict[str, CrackDataset] = {}
@@ -345,15 +354,19 @@ class CrackDataModule(LightningDataModule):
 
     def _dataset(self, samples: Sequence[Sample], split: str) -> CrackDataset:
         image_size = None if split == "predict" and self.predict_full_resolution() else self.image_size
-        transform = build_transform(split == "train", self.crop_size, image_size, self.rotate_limit,
-                                    self.flip, self.color_jitter, gauss_noise_std=self.gauss_noise_std,
+        variants = SYMMETRIES if split == "train" and self.enumerate_symmetries else 1
+        flip = self.flip and variants == 1  # the 8 enumerated symmetries replace the random flips
+        transform = build_transform(split == "train", self.crop_size, image_size, self.rotate_limit, flip,
+                                    self.color_jitter, gauss_noise_std=self.gauss_noise_std,
                                     multiplicative_noise=self.multiplicative_noise)
         if self.synthetic_anomalies is None or split not in self.synthetic_splits:
-            return CrackDataset(samples, transform, self.mask_threshold, random_transform=split == "train")
+            return CrackDataset(samples, transform, self.mask_threshold, random_transform=split == "train",
+                                variants=variants)
         self.synthetic_anomalies.prepare()  # before loaders fork their workers
         return CrackDataset(samples, transform, self.mask_threshold, synthesizer=self.synthetic_anomalies,
                             synthetic_probability=self.synthetic_probability,
-                            synthetic_seed=None if split == "train" else self.seed, random_transform=split == "train")
+                            synthetic_seed=None if split == "train" else self.seed, random_transform=split == "train",
+                            variants=variants)
 
     # -- loaders ------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

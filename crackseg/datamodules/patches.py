@@ -29,7 +29,7 @@ from crackseg.data.dataset import (
     tile_box,
 )
 from crackseg.data.io import DataError, image_size, read_image
-from crackseg.data.transforms import build_transform
+from crackseg.data.transforms import SYMMETRIES, build_transform, dihedral
 from crackseg.datamodules.base import CrackDataModule, predict_samples
 
 __all__ = ["PatchClassificationDataModule", "PatchDataset", "Window", "window_id", "window_starts"]
@@ -115,21 +115,27 @@ class PatchDataset(Dataset):
     Args:
         windows: the windows.
         transform: an albumentations ``Compose`` taking ``image=``, or None.
+        random_transform: reseed ``transform`` before each item (training augmentation).
+        variants: 1, or 8: item ``8 i + v`` is window ``i`` in symmetry ``v``
+            (:func:`~crackseg.data.transforms.dihedral`), the paper's offline 8-fold enlargement.
     """
 
     def __init__(self, windows: Sequence[Window], transform: A.Compose | None = None,
-                 random_transform: bool = False) -> None:
+                 random_transform: bool = False, variants: int = 1) -> None:
+        if variants not in (1, SYMMETRIES):
+            raise ValueError(f"variants must be 1 or {SYMMETRIES}, got {variants}")
+        self.variants = variants
         self.windows = list(windows)
         self.transform = transform
         self.random_transform = random_transform
         self._cached: tuple[Sample, np.ndarray] | None = None
 
     def __len__(self) -> int:
-        return len(self.windows)
+        return len(self.windows) * self.variants
 
     def labels(self) -> np.ndarray:
-        """The windows' labels (int64)."""
-        return np.array([w.label for w in self.windows], dtype=np.int64)
+        """The items' labels (int64; each window's label repeated for its variants)."""
+        return np.repeat(np.array([w.label for w in self.windows], dtype=np.int64), self.variants)
 
     def _image(self, sample: Sample) -> np.ndarray:
         if self._cached is None or self._cached[0] != sample:
@@ -137,14 +143,17 @@ class PatchDataset(Dataset):
         return self._cached[1]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        index, variant = divmod(index, self.variants)
         window = self.windows[index]
         full = self._image(window.sample)
-        image = np.ascontiguousarray(_cut(full, window))
+        image = dihedral(_cut(full, window), variant)
         if window.size is None:
             orig_size = image.shape[:2]
         else:
             height, width = window.padded or full.shape[:2]
             orig_size = (min(window.size, height - window.top), min(window.size, width - window.left))
+            if variant % 2:  # a quarter turn swaps the extent of a partial window
+                orig_size = orig_size[::-1]
         if self.transform is not None:
             if self.random_transform:
                 seed_transform(self.transform)
@@ -198,6 +207,9 @@ class PatchClassificationDataModule(CrackDataModule):
         color_jitter: brightness / contrast / saturation jitter (0.2 in the reference code; 0 disables).
         hue_jitter: hue jitter (0.2 in the reference code).
         color_jitter_probability: probability of the colour jitter per window (0.75 in the reference code).
+        enumerate_symmetries: enlarge the training windows 8-fold, each in its 4 rotations by 90° x 2 flips
+            (the paper's offline enlargement, §IV-C; an epoch is 8 times longer); ``rotate90`` / ``flip`` then
+            draw nothing more. False: one random symmetry per window and epoch (``rotate90`` and ``flip``).
         gauss_noise_std: largest standard deviation of the additive Gaussian noise, as a fraction of the
             intensity range (0.01 in the reference code; 0 disables).
         multiplicative_noise: the image is multiplied by a factor in [1 − m, 1 + m] (0.25 in the reference
@@ -221,6 +233,7 @@ class PatchClassificationDataModule(CrackDataModule):
         color_jitter: float = 0.2,
         hue_jitter: float = 0.2,
         color_jitter_probability: float = 0.75,
+        enumerate_symmetries: bool = False,
         gauss_noise_std: float = 0.01,
         multiplicative_noise: float = 0.25,
         predict_path: str | os.PathLike | None = None,
@@ -256,7 +269,10 @@ class PatchClassificationDataModule(CrackDataModule):
                              f"{color_jitter_probability}")
         self.gauss_noise_std = gauss_noise_std
         self.multiplicative_noise = multiplicative_noise
-        self.transforms = {train: build_transform(train, None, None, 0.0, flip, color_jitter, rotate90=rotate90,
+        self.enumerate_symmetries = enumerate_symmetries
+        random_symmetries = not enumerate_symmetries
+        self.transforms = {train: build_transform(train, None, None, 0.0, flip and random_symmetries, color_jitter,
+                                                  rotate90=rotate90 and random_symmetries,
                                                   hue_jitter=hue_jitter, gauss_noise_std=gauss_noise_std,
                                                   multiplicative_noise=multiplicative_noise,
                                                   color_jitter_probability=color_jitter_probability)
@@ -322,8 +338,9 @@ class PatchClassificationDataModule(CrackDataModule):
         for split in wanted.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test"):
             self.source.check_samples(splits[split], split)
             windows = self.windows(splits[split], split)
+            variants = SYMMETRIES if split == "train" and self.enumerate_symmetries else 1
             self.datasets[split] = PatchDataset(windows, self.transforms[split == "train"],
-                                                random_transform=split == "train")
+                                                random_transform=split == "train", variants=variants)
             labels = self.datasets[split].labels()
             rank_zero_info(f"{type(self).__name__}: {split}: {len(windows)} "
                            f"{'images' if self.patch_size is None else f'{self.patch_size}px windows'} of "
