@@ -305,3 +305,29 @@ def test_checkpoint_hyper_parameters_drop_weight_sources(tmp_path: Path) -> None
     assert saved["weights"] is None and saved["backbone"] == "resnet18"
     assert checkpoint["crackseg_weight_sources"] == {"weights": "hub"}
     assert module.hparams.weights == "hub"  # the module's own record is untouched
+
+
+def test_macro_f1_equals_the_official_weakly_evaluate_py() -> None:
+    """König et al.'s evaluate.py: thresholds i / 100 (i < 100), pred > t, per-image precision / recall with nan -> 0,
+    averaged over images, F1 of the averages (nan -> 0), max; transcribed here in numpy as the oracle."""
+    from crackseg.metrics import ThresholdSweepF1
+    from crackseg.pseudolabels.dataset import OFFICIAL_THRESHOLDS
+
+    rng = np.random.default_rng(3)
+    truths = [rng.random((24, 32)) < p for p in (0.05, 0.2, 0.0)]
+    preds = [np.clip(t * 0.5 + rng.random(t.shape) * 0.6, 0, 1).astype(np.float32) for t in truths]
+    thresholds = np.array([i / 100 for i in range(100)])
+    pr, re = np.zeros((3, 100)), np.zeros((3, 100))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for i, (p, g) in enumerate(zip(preds, truths, strict=True)):
+            b = p[None] > thresholds[:, None, None]
+            tp = (b & g).sum((1, 2))
+            fp = (b & ~g).sum((1, 2))
+            fn = (~b & g).sum((1, 2))
+            pr[i], re[i] = np.nan_to_num(tp / (tp + fp)), np.nan_to_num(tp / (tp + fn))
+        pr_mean, re_mean = pr.mean(0), re.mean(0)
+        expected = np.nan_to_num(2 * pr_mean * re_mean / (pr_mean + re_mean)).max()
+    metric = ThresholdSweepF1(thresholds=OFFICIAL_THRESHOLDS)
+    for p, g in zip(preds, truths, strict=True):
+        metric.update(torch.from_numpy(p)[None], torch.from_numpy(g)[None])
+    assert float(metric.macro_f1()) == pytest.approx(expected, abs=1e-6)

@@ -307,6 +307,8 @@ def test_pseudo_label_command_writes_a_deepcrack_dataset(source: Path, checkpoin
     for stem in written:
         label = np.asarray(Image.open(out / "train_lab" / f"{stem}.png"))
         assert set(np.unique(label)) <= {0, 255} and (label > 0).sum() >= 60
+        confidence = np.asarray(Image.open(out / "train_conf" / f"{stem}.png"))  # grey, binarised into the label
+        assert confidence.shape == label.shape and np.array_equal(confidence > 127, label > 0)
         assert (out / "train_img" / f"{stem}.jpg").read_bytes() == (source / "train_img" / f"{stem}.jpg").read_bytes()
     for mask in sorted((source / "test_lab").glob("*.png")):  # the real test masks
         assert np.array_equal(read_mask(out / "test_lab" / mask.name), read_mask(mask))

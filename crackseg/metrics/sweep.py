@@ -9,7 +9,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from crackseg.metrics._common import _is_empty, _prepare, _prf
+from crackseg.metrics._common import _is_empty, _prepare, _prf, _safe_div
 
 __all__ = ["ThresholdSweepF1", "sweep_thresholds"]
 
@@ -140,6 +140,20 @@ class ThresholdSweepF1(Metric):
         self.tp.append(tp.reshape(-1).float())
         self.fp.append(fp.reshape(-1).float())
         self.fn.append(fn.reshape(-1).float())
+
+    def macro_f1(self) -> Tensor:
+        """König et al.'s official ``evaluate.py`` figure ("Macro F1"): per threshold, precision and recall
+        averaged over the images (``0 / 0 -> 0``), the F1 of those two averages, best threshold. Eq. (10)'s
+        ODS (``compute()["ods"]``) averages the per-image F1 instead. The official grid is 0.00, 0.01, ...,
+        0.99 with ``pred > t``: pass ``thresholds=torch.arange(100) / 100`` for the exact figure."""
+        if _is_empty(self.tp):
+            return torch.tensor(float("nan"), device=self.device)
+        n_thr = self._thresholds.numel()
+        tp, fp, fn = (dim_zero_cat(s).double().view(-1, n_thr) for s in (self.tp, self.fp, self.fn))
+        precision, recall, _ = _prf(tp, fp, fn)
+        pr_mean, re_mean = precision.mean(0), recall.mean(0)
+        f1 = _safe_div(2 * pr_mean * re_mean, pr_mean + re_mean)
+        return f1.max().float()
 
     def compute(self) -> dict[str, Tensor]:
         """Return ``{"ods", "ois", "ap", "ods_threshold"}`` as scalar float tensors (nan without data); with

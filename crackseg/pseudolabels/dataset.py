@@ -6,6 +6,7 @@
     out/
       train_img/<stem><suffix>   the source image (copied; a tile of a grid-cut image is written as PNG)
       train_lab/<stem>.png       its pseudo label, 0 / 255
+      train_conf/<stem>.png      its confidence map, 0–255 (the reference code's output, before binarisation)
       test_img/, test_lab/       the source test split with its real masks (0 / 255 PNG)
       quality.json               pseudo-label quality against the ground truth, counts, speed
 
@@ -40,8 +41,10 @@ __all__ = ["CLASSIFIER_CLASS", "CheckpointError", "LabelQuality", "load_classifi
 
 #: the LightningModule a pseudo-label checkpoint is loaded with unless told otherwise
 CLASSIFIER_CLASS = "crackseg.lightning_modules.classifier.CrackClassifier"
-LAYOUT = ("train_img", "train_lab", "test_img", "test_lab")
+LAYOUT = ("train_img", "train_lab", "train_conf", "test_img", "test_lab")
 QUALITY_FILE = "quality.json"
+#: thresholds of König et al.'s official evaluate.py: 0.00, 0.01, ..., 0.99 (``pred > t``)
+OFFICIAL_THRESHOLDS = torch.arange(100, dtype=torch.float64) / 100
 
 
 def load_classifier(ckpt_path: str | os.PathLike, classifier_class: type | str = CLASSIFIER_CLASS,
@@ -75,12 +78,15 @@ class LabelQuality:
     ODS / OIS / AP come from :class:`~crackseg.metrics.ThresholdSweepF1` (per-image average, as the paper's
     Table II) on the binary labels (for a binary map ODS = OIS = the mean per-image F1) and on the grey
     confidence maps (``confidence_*``, the reference code's output); precision, recall, F1 and IoU are computed
-    from the pixel counts summed over the images.
+    from the pixel counts summed over the images. ``official_f1`` / ``confidence_official_f1``: the official
+    ``evaluate.py``'s "Macro F1" (F1 of the image-averaged precision and recall, thresholds 0.00–0.99,
+    :meth:`~crackseg.metrics.ThresholdSweepF1.macro_f1`). Compare binary-label figures with binary-label
+    figures, confidence-map figures with the paper's Table II (made from confidence maps).
     """
 
     def __init__(self) -> None:
-        self.binary = ThresholdSweepF1()
-        self.confidence = ThresholdSweepF1()
+        self.binary = ThresholdSweepF1(thresholds=OFFICIAL_THRESHOLDS)
+        self.confidence = ThresholdSweepF1(thresholds=OFFICIAL_THRESHOLDS)
         self.tp = self.fp = self.fn = 0
         self.images = 0
 
@@ -106,7 +112,9 @@ class LabelQuality:
         if not self.images:
             return None
         sweep = {k: float(v) for k, v in self.binary.compute().items() if k != "ods_threshold"}
+        sweep["official_f1"] = float(self.binary.macro_f1())
         soft = {f"confidence_{k}": float(v) for k, v in self.confidence.compute().items()}
+        soft["confidence_official_f1"] = float(self.confidence.macro_f1())
         tp, fp, fn = self.tp, self.fp, self.fn
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0
@@ -210,8 +218,8 @@ def pseudo_label_dataset(
         precision: ``"32"``, ``"bf16"`` or ``"16"``: autocast of the patch classification (see
             :class:`~crackseg.pseudolabels.generator.PseudoLabelGenerator`).
         images_per_batch: images the generator processes together.
-        overwrite: replace ``train_img/``, ``train_lab/``, ``test_img/``, ``test_lab/`` and ``quality.json`` of a
-            non-empty ``out`` (other files there are left alone).
+        overwrite: replace ``train_img/``, ``train_lab/``, ``train_conf/``, ``test_img/``, ``test_lab/`` and
+            ``quality.json`` of a non-empty ``out`` (other files there are left alone).
         progress: show a progress bar.
         classifier_name: recorded in ``quality.json`` (the checkpoint path).
 
@@ -282,6 +290,7 @@ def pseudo_label_dataset(
             stem = _unique(_stem(sample), taken)
             _write_image(sample, image, out / "train_img", stem)
             write_png(out / "train_lab" / f"{stem}.png", label.label * 255)
+            write_png(out / "train_conf" / f"{stem}.png", label.confidence)
             written += 1
 
     report = {
