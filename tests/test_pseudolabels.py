@@ -476,3 +476,76 @@ def test_code_quirks_resize_8_bit_maps_with_pil_hamming() -> None:
     expected = Image.fromarray(np.rint(grid * 255).astype(np.uint8)).resize((56, 40), Image.Resampling.HAMMING)
     assert quirky.shape == (40, 56) and np.array_equal(quirky * 255.0, np.asarray(expected, np.float32))
     assert not np.allclose(quirky, upsample(grid, (40, 56)), atol=1e-3)
+
+
+def test_gradcam_plus_plus_alpha_from_the_derivatives_of_exp_score() -> None:
+    """Chattopadhay et al. eq. (19) from the derivatives themselves: with Y = exp(S), alpha = Y'' / (2 Y'' +
+    sum(A) Y''') per element (computed by torch.func, not by the closed form), w_k = sum alpha relu(Y'). With a
+    head whose gradient varies over the map, alpha is not Grad-CAM's uniform 1 / (h w) and the maps differ."""
+    from torch.func import grad
+
+    torch.manual_seed(0)
+    channels, h, w = 3, 3, 4
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.target_layer = torch.nn.Sequential(torch.nn.Conv2d(1, channels, 3, padding=1), torch.nn.ReLU())
+            self.head = torch.nn.Linear(channels * h * w, 2)  # spatially varying gradients
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.head(self.target_layer(x).flatten(1))}
+
+    net = Net().eval()
+    x = torch.randn(1, 1, h, w)
+    features = net.target_layer(x).detach()[0]
+    head_w = net.head.weight.detach()[1].view(channels, h, w)
+    head_b = net.head.bias.detach()[1]
+    ours = gradcam_plus_plus(net, x, 1)[0]
+
+    def y_of(t: torch.Tensor, k: int, i: int, j: int) -> torch.Tensor:
+        a = features.clone()
+        a = a.index_put((torch.tensor(k), torch.tensor(i), torch.tensor(j)), a[k, i, j] + t)
+        return torch.exp((head_w * a).sum() + head_b)
+
+    alpha = torch.zeros(channels, h, w)
+    d1 = torch.zeros(channels, h, w)
+    zero = torch.tensor(0.0)
+    for k in range(channels):
+        for i in range(h):
+            for j in range(w):
+                f = lambda t, k=k, i=i, j=j: y_of(t, k, i, j)  # noqa: E731
+                y1, y2, y3 = grad(f)(zero), grad(grad(f))(zero), grad(grad(grad(f)))(zero)
+                d1[k, i, j] = y1
+                alpha[k, i, j] = y2 / (2 * y2 + features[k].sum() * y3)
+    weights = (alpha * torch.relu(d1)).sum(dim=(1, 2))
+    cam = torch.relu((weights[:, None, None] * features).sum(0))
+    assert torch.allclose(ours, cam / cam.max(), atol=1e-5)
+    gradcam = torch.relu((torch.relu(head_w).mean(dim=(1, 2))[:, None, None] * features).sum(0))
+    assert not torch.allclose(alpha, torch.full_like(alpha, 1.0 / (h * w)), atol=1e-3)
+    assert not torch.allclose(ours, gradcam / gradcam.max(), atol=1e-3)
+
+
+@pytest.mark.parametrize("patch_merge", ["average", "grid"])
+def test_fast_equals_reference_on_padded_real_size_images_with_a_multichannel_classifier(patch_merge: str) -> None:
+    """Photograph-size images (330 x 470: both sides need mirror padding to a multiple of 32) and a real
+    CrackClassifier (narrow ResNet, 32-channel feature map, random weights): every stage of the fast generator
+    equals the reference one."""
+    from crackseg.lightning_modules import CrackClassifier
+
+    torch.manual_seed(0)
+    classifier = CrackClassifier(backbone="resnet10t", weights=None, hidden_features=8,
+                                 backbone_kwargs={"channels": [8, 16, 16, 32], "stem_width": 8}).eval()
+    assert classifier.net.channels == 32
+    images = [generate_sample(seed, (330, 470), width_range=(1.5, 3.0))[0] for seed in (11, 12)]
+    config = PseudoLabelConfig(patch_merge=patch_merge, min_crack_pixels=20)  # type: ignore[arg-type]
+    reference = ReferencePseudoLabeler(classifier, config, "cpu", batch_size=64)(images, keep_stages=True)
+    fast = FastPseudoLabeler(classifier, config, "cpu", batch_size=256)(images, keep_stages=True)
+    for a, b in zip(fast, reference, strict=True):
+        assert a.label.shape == (330, 470)
+        for stage in ("patch_map", "cam", "localisation"):
+            np.testing.assert_allclose(a.stages[stage], b.stages[stage], atol=1e-5)
+        assert float(np.abs(b.stages["cam"]).max()) > 0.0
+        assert np.array_equal(a.stages["threshold_mask"], b.stages["threshold_mask"])
+        assert np.abs(a.confidence.astype(int) - b.confidence.astype(int)).max() <= 1
+        assert iou(a.label, b.label) >= 0.99 and a.kept == b.kept
