@@ -331,3 +331,22 @@ def test_macro_f1_equals_the_official_weakly_evaluate_py() -> None:
     for p, g in zip(preds, truths, strict=True):
         metric.update(torch.from_numpy(p)[None], torch.from_numpy(g)[None])
     assert float(metric.macro_f1()) == pytest.approx(expected, abs=1e-6)
+
+
+def test_sweep_warns_when_the_maps_collapse_inside_one_threshold_step() -> None:
+    """DeepCrack-Liu after 2 epochs of DeepSegmentor's init: every map value in 0.497-0.501. The 0.01 sweep sees
+    one value; say so instead of reporting an ODS that only measures the crack prevalence."""
+    from crackseg.metrics import ThresholdSweepF1
+
+    target = (torch.rand(2, 16, 16) < 0.1).float()
+    collapsed = 0.491 + 0.008 * torch.rand(2, 16, 16) + 0.0005 * target  # informative, but inside (0.49, 0.50]
+    metric = ThresholdSweepF1()
+    metric.update(collapsed, target)
+    with pytest.warns(UserWarning, match="within two steps"):
+        metric.compute()
+    for maps in (torch.rand(2, 16, 16), target, torch.zeros(2, 16, 16)):  # spread, binary, empty: no warning
+        spread = ThresholdSweepF1()
+        spread.update(maps, target)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            spread.compute()

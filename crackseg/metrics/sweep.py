@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -171,6 +172,7 @@ class ThresholdSweepF1(Metric):
         fn = dim_zero_cat(self.fn).double().view(-1, thr.numel())
         thr = thr.to(tp.device)
 
+        _warn_if_collapsed(tp + fp, (tp + fn)[:, 0], thr)
         pr_img, re_img, f1_img = _prf(tp, fp, fn)  # (N, T)
         out = {"ois": f1_img.max(dim=1).values.mean().float()}
         for average, suffix in averages:
@@ -184,3 +186,20 @@ class ThresholdSweepF1(Metric):
             out[f"ap{suffix}"] = ((re_t - re_next).abs() * pr_t).sum().float()
             out[f"ods{suffix}_threshold"] = thr[best].float()
         return out
+
+
+def _warn_if_collapsed(predicted: Tensor, positives: Tensor, thresholds: Tensor) -> None:
+    """Warn when the maps' values (above the lowest threshold) all lie within two neighbouring threshold steps and
+    more pixels than there are cracks lie there: the sweep then sees about one value and ODS / OIS / AP measure
+    little more than the crack prevalence (binary or all-zero maps do not warn)."""
+    totals = predicted.sum(0)  # pixels predicted crack at each threshold, summed over the images
+    peak = totals.max()
+    if thresholds.numel() < 3 or peak <= positives.sum() or totals[-1] != 0:
+        return
+    between = int(((totals > 0) & (totals < peak)).sum())
+    if between <= 1 and bool(totals[0] == peak):
+        step = float(thresholds[1] - thresholds[0])
+        warnings.warn(f"ThresholdSweepF1: all map values lie within two steps ({step:g}) of the threshold sweep, "
+                      "so ODS / OIS / AP see an almost constant map; the maps have collapsed (an under-trained "
+                      "network, or maps that are not probabilities). The F1 at a calibrated threshold "
+                      "(F1Threshold searches the exact values) can still be informative", stacklevel=3)
