@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> str:
         r = result.metrics
         paper = PAPER_UNET[mode]
         rows_unet.append(f"| {mode} | {fmt(r.get('test/ods'))} | {fmt(r.get('test/ois'))} | {fmt(r.get('test/ap'))} | "
+                         f"{fmt(r.get('test/ods_dataset'))} / {fmt(r.get('test/ap_dataset'))} | "
                          f"{result.epochs} ({result.steps}), {result.train_seconds / 60:.1f} min | "
                          f"{paper[0]:.4f} / {paper[1]:.4f} / {paper[2]:.4f} |")
     budget = (("classifier_config", None if args.classifier_config == "classifier_deepcrack.yaml"
@@ -192,8 +193,8 @@ the pseudo labels (WSV) for the same budget, tested on the 237 real test images 
 thresholds 0.01…0.99, König et al. eqs. 9–11); paper: Table VI (DCD, 30 epochs on a GPU; the paper evaluates on all
 537 DCD images with a classifier trained on Crack500):
 
-| U-Net | ODS | OIS | AP | epochs (steps), time | paper Table VI ODS / OIS / AP |
-|---|---|---|---|---|---|
+| U-Net | ODS | OIS | AP | ODS / AP, dataset-level | epochs (steps), time | paper Table VI ODS / OIS / AP |
+|---|---|---|---|---|---|---|
 {chr(10).join(rows_unet)}
 """
     if not args.no_write:
