@@ -21,6 +21,9 @@ from torch import nn
 
 Size = tuple[int, int]  # (height, width)
 
+#: the real data samples (``../shared/data`` beside the repository); tests that read them skip when it is absent
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
 
 def crack_pair(rng: np.random.Generator, size: Size = (64, 96), crack: bool = True,
                gray: bool = False) -> tuple[np.ndarray, np.ndarray]:

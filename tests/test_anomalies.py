@@ -4,30 +4,25 @@ from __future__ import annotations
 
 import pickle
 import re
-import sys
 from pathlib import Path
 
 import cv2
+import fakes
 import numpy as np
 import pytest
 import torch
+from fakes import SHARED_DATA
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import fakes  # noqa: E402
-
-from crackseg.data.anomalies import AnomalySynthesizer, CutPaste, poisson_clone  # noqa: E402
-from crackseg.data.dataset import CrackDataset, Sample  # noqa: E402
-from crackseg.data.io import DataError, read_image, read_mask  # noqa: E402
-from crackseg.datamodules import (  # noqa: E402
+from crackseg.data.anomalies import AnomalySynthesizer, CutPaste, poisson_clone
+from crackseg.data.dataset import CrackDataset, Sample
+from crackseg.data.io import DataError, read_image, read_mask
+from crackseg.datamodules import (
     CrackDataModule,
     DeepCrackDataModule,
     MVTecADDataModule,
-    PoissonBlend,  # noqa: E402
+    PoissonBlend,
     SyntheticCracksDataModule,
 )
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def texture(size: tuple[int, int] = (64, 64), seed: int = 0) -> np.ndarray:

@@ -4,29 +4,26 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import fakes
 import numpy as np
 import pytest
 import torch
+from fakes import SHARED_DATA
 from PIL import Image
 from scipy.io import savemat
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import fakes  # noqa: E402
-
-from crackseg.data.dataset import (  # noqa: E402
+from crackseg.data.dataset import (
     Sample,
     parse_sample_id,
     read_sample_mask,
     sample_id,
     tile_box,
 )
-from crackseg.data.io import DataError, read_image, read_mask  # noqa: E402
-from crackseg.datamodules import (  # noqa: E402
+from crackseg.data.io import DataError, read_image, read_mask
+from crackseg.datamodules import (
     Crack500DataModule,
     CrackDataModule,
     CrackForestDataModule,
@@ -38,7 +35,6 @@ from crackseg.datamodules import (  # noqa: E402
     OzgenelDataModule,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BATCH_KEYS = {"image", "mask", "has_mask", "label", "path", "orig_size"}
 
 

@@ -3,7 +3,6 @@ as their authors meant (issue 15)."""
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,21 +10,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from fakes import make_deepcrack, write_image
 from lightning import Trainer
 from PIL import Image
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fakes import make_deepcrack, write_image  # noqa: E402
-
-from crackseg.callbacks import F1Threshold  # noqa: E402
-from crackseg.data.dataset import CrackDataset, Sample  # noqa: E402
-from crackseg.data.io import image_size, read_image, read_mask  # noqa: E402
-from crackseg.datamodules import MVTecADDataModule  # noqa: E402
-from crackseg.lightning_modules.base import CrackSegModule  # noqa: E402
-from crackseg.metrics import ImageMetrics, RankCurves, SegmentationMetrics, ThresholdSweepF1  # noqa: E402
-from crackseg.metrics.segmentation import sweep_thresholds  # noqa: E402
+from crackseg.callbacks import F1Threshold
+from crackseg.data.dataset import CrackDataset, Sample
+from crackseg.data.io import image_size, read_image, read_mask
+from crackseg.datamodules import MVTecADDataModule
+from crackseg.lightning_modules.base import CrackSegModule
+from crackseg.metrics import ImageMetrics, RankCurves, SegmentationMetrics, ThresholdSweepF1
+from crackseg.metrics.segmentation import sweep_thresholds
 
 
 class DarknessNet(nn.Module):

@@ -6,17 +6,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import fakes
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import fakes  # noqa: E402
-
-from crackseg.cli import main  # noqa: E402
-from crackseg.export import ExportError, ExportWrapper, export_onnx, verify_onnx  # noqa: E402
-from crackseg.lightning_modules import (  # noqa: E402
+from crackseg.cli import main
+from crackseg.export import ExportError, ExportWrapper, export_onnx, verify_onnx
+from crackseg.lightning_modules import (
     DFR,
     OED,
     CrackClassifier,
@@ -30,8 +27,8 @@ from crackseg.lightning_modules import (  # noqa: E402
     VAEGradCAM,
 )
 from crackseg.models.scnet import (
-    _hysteresis,  # noqa: E402
-    _hysteresis_while_loop,  # noqa: E402
+    _hysteresis,
+    _hysteresis_while_loop,
 )
 
 pytest.importorskip("onnx")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from fakes import SHARED_DATA
 from PIL import Image
 from torch.nn import functional as F
 
@@ -21,7 +22,7 @@ from crackseg.models.feature_ae import DFRModel, FeatureExtractor, SkipAEModel, 
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-MAGNETIC_TILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"
+MAGNETIC_TILE = SHARED_DATA / "magnetic_tile"
 VGG11_RELUS = ["features.1", "features.4", "features.7"]  # relu1_1, relu2_1, relu3_1 of timm's vgg11
 
 

@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from fakes import SHARED_DATA, offline_or_random_weights
 
 from crackseg.cli import main
 from crackseg.lightning_modules import ExtractorPretraining, MSFlow
 from crackseg.models.msflow import FusionCoupling, MSFlowModel, MultiScaleFlow, PretrainUNet, positional_encoding_2d
-from tests.fakes import offline_or_random_weights
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "msflow"
-MAGNETIC_TILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"
-DEEPCRACK = Path(__file__).resolve().parents[2] / "shared" / "data" / "deepcrack" / "DeepCrack"
+MAGNETIC_TILE = SHARED_DATA / "magnetic_tile"
+DEEPCRACK = SHARED_DATA / "deepcrack" / "DeepCrack"
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

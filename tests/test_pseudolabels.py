@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+import fakes
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from skimage.filters import threshold_multiotsu
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import fakes  # noqa: E402
-
-from crackseg.cli import main  # noqa: E402
-from crackseg.data.io import DataError, read_mask  # noqa: E402
-from crackseg.data.synthetic import generate_sample  # noqa: E402
-from crackseg.datamodules import DeepCrackDataModule  # noqa: E402
-from crackseg.pseudolabels import (  # noqa: E402
+from crackseg.cli import main
+from crackseg.data.io import DataError, read_mask
+from crackseg.data.synthetic import generate_sample
+from crackseg.datamodules import DeepCrackDataModule
+from crackseg.pseudolabels import (
     CheckpointError,
     FastPseudoLabeler,
     PseudoLabelConfig,

@@ -17,19 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import fakes
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import fakes  # noqa: E402
-
-from crackseg.checkpoint import CheckpointError, SafeCheckpointIO, load_checkpoint  # noqa: E402
-from crackseg.cli import main  # noqa: E402
-from crackseg.data.io import DataError, read_image  # noqa: E402
-from crackseg.lightning_modules import DeepCrackLiu, MSFlow, UNet, VAEGradCAM  # noqa: E402
+from crackseg.checkpoint import CheckpointError, SafeCheckpointIO, load_checkpoint
+from crackseg.cli import main
+from crackseg.data.io import DataError, read_image
+from crackseg.lightning_modules import DeepCrackLiu, MSFlow, UNet, VAEGradCAM
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_UNET = ["--model", "UNet", "--model.init_args.base_channels", "4", "--model.init_args.depth", "2"]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from fakes import SHARED_DATA, crack_pair
 from PIL import Image
 
 from crackseg.cli import main
@@ -23,12 +24,11 @@ from crackseg.models.scnet import (
     SCNetModel,
     count_parameters,
 )
-from tests.fakes import crack_pair
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "scnet"
 ABLATIONS = sorted(p.stem for p in (CONFIGS / "ablations").glob("*.yaml"))
-CFD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cfd"
+CFD = SHARED_DATA / "cfd"
 TINY = 1 / 16  # 64 … 512 channels → 4 … 32
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import SHARED_DATA
 from PIL import Image
 from torchvision.models import resnet18
 
@@ -20,7 +21,7 @@ from crackseg.models.vae import ConvVAE, count_parameters, gradcam_attention
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "vae_gradcam"
-MAGNETIC_TILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"
+MAGNETIC_TILE = SHARED_DATA / "magnetic_tile"
 TINY = 0.125  # ResNet-18 widths 64 … 512 → 8 … 64
 
 

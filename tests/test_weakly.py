@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import make_deepcrack, make_ozgenel
 from lightning import Callback, LightningModule, Trainer
 from PIL import Image
 
@@ -20,7 +21,6 @@ from crackseg.lightning_modules import OED, CrackClassifier, DeepCrackZou, UNet
 from crackseg.models import CrackClassifierNet, DeepCrackZouModel, OEDModel
 from crackseg.models.gradcam import gradcam_plus_plus
 from crackseg.models.oed import efficientnet_skip_layers
-from tests.fakes import make_deepcrack, make_ozgenel
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "weakly"

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fakes import SHARED_DATA, offline_or_random_weights
 
 from crackseg.cli import main
 from crackseg.datamodules import DeepCrackDataModule
-from tests.fakes import offline_or_random_weights
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "weakly"
-DEEPCRACK = Path(__file__).resolve().parents[2] / "shared" / "data" / "deepcrack" / "DeepCrack"
+DEEPCRACK = SHARED_DATA / "deepcrack" / "DeepCrack"
 TINY_TRAINER = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
                 "--trainer.max_epochs", "1"]
 
@@ -86,8 +86,9 @@ def test_chain_on_real_deepcrack(workdir: Path) -> None:
 def test_fast_cpu_classifier_config_trains_and_pseudo_labels(workdir: Path) -> None:
     """configs/weakly/classifier_fast_deepcrack.yaml (narrow ResNet-10-T from random weights) on a fake DeepCrack:
     it builds the small network its header promises, trains, and its checkpoint makes pseudo labels."""
+    from fakes import make_deepcrack
+
     from crackseg.lightning_modules import CrackClassifier
-    from tests.fakes import make_deepcrack
 
     root = make_deepcrack(workdir / "deepcrack", n_train=4, n_test=2, size=(128, 160))
     config = _config("classifier_fast_deepcrack", workdir, {}, {"batch_size": 4, "eval_batch_size": 16},
