@@ -180,7 +180,7 @@ class CrackDataset(Dataset):
             of each index the same on every call (validation).
         random_transform: the transform is random (training augmentation): reseed it from torch's RNG
             before each item (:func:`seed_transform`), so seeded runs augment identically.
-        variants: 1, or 8 for the 8-fold enlargement (König et al. §IV-C): item ``8 i + v`` is sample ``i``
+        variants: 1, or 8 for the 8-fold enlargement (König et al. §IV-A): item ``8 i + v`` is sample ``i``
             in symmetry ``v`` (:func:`~crackseg.data.transforms.dihedral`), applied before ``transform``.
     """
 

@@ -29,7 +29,7 @@ def dihedral(array: np.ndarray, variant: int) -> np.ndarray:
     counter-clockwise, then a left-right flip for ``variant >= 4`` (0 is the array itself).
 
     Hand-written in two numpy calls: albumentations draws these at random, and the offline 8-fold enlargement
-    of König et al. (§IV-C) enumerates them."""
+    of König et al. (§IV-A) enumerates them."""
     if not 0 <= variant < SYMMETRIES:
         raise ValueError(f"variant must be in 0..7, got {variant}")
     out = np.rot90(array, variant % 4)

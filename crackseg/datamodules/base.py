@@ -80,7 +80,7 @@ class CrackDataModule(LightningDataModule):
         multiplicative_noise: training multiplicative noise strength (factors in [1 - m, 1 + m]; 0 = off);
             with both noises on, one of them is applied per image.
         enumerate_symmetries: enlarge the training split 8-fold: every image in its 4 rotations by 90° x 2
-            flips, before the random augmentation (König et al.'s offline enlargement, §IV-C; an epoch is 8
+            flips, before the random augmentation (König et al.'s offline enlargement, §IV-A; an epoch is 8
             times longer). The random ``flip`` is then off; ``rotate_limit`` still applies. A quarter turn
             swaps a non-square image's sides, so a non-square ``image_size`` needs a ``crop_size``.
         shuffle: shuffle the training images every epoch (under DDP Lightning's ``DistributedSampler``

@@ -208,7 +208,7 @@ class PatchClassificationDataModule(CrackDataModule):
         hue_jitter: hue jitter (0.2 in the reference code).
         color_jitter_probability: probability of the colour jitter per window (0.75 in the reference code).
         enumerate_symmetries: enlarge the training windows 8-fold, each in its 4 rotations by 90° x 2 flips
-            (the paper's offline enlargement, §IV-C; an epoch is 8 times longer); ``rotate90`` / ``flip`` then
+            (the paper's offline enlargement, §IV-A; an epoch is 8 times longer); ``rotate90`` / ``flip`` then
             draw nothing more. False: one random symmetry per window and epoch (``rotate90`` and ``flip``).
         gauss_noise_std: largest standard deviation of the additive Gaussian noise, as a fraction of the
             intensity range (0.01 in the reference code; 0 disables).
