@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from lightning import LightningDataModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
@@ -27,6 +28,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 import crackseg
 import crackseg.callbacks  # noqa: F401  (registers callbacks for short class paths)
+import crackseg.datamodules  # noqa: F401  (registers datamodules for short class paths)
 from crackseg.checkpoint import (
     CheckpointError,
     LastModelCheckpoint,
@@ -36,7 +38,6 @@ from crackseg.checkpoint import (
     check_model_class,
     load_checkpoint,
 )
-from crackseg.datamodules import CrackDataModule
 from crackseg.lightning_modules import CrackSegModule
 
 
@@ -167,7 +168,7 @@ def main(args: Sequence[str] | None = None) -> CrackSegCLI | dict[str, Any] | No
         return report if args is not None else None
     cli = CrackSegCLI(
         CrackSegModule,
-        CrackDataModule,
+        LightningDataModule,  # CrackDataModule subclasses and JoinedDataModule
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},

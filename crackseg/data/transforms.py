@@ -39,7 +39,8 @@ def dihedral(array: np.ndarray, variant: int) -> np.ndarray:
 def build_transform(train: bool, crop_size: int | None = None, image_size: tuple[int, int] | None = None,
                     rotate_limit: float = 90.0, flip: bool = True, color_jitter: float = 0.0, *,
                     rotate90: bool = False, hue_jitter: float = 0.0, gauss_noise_std: float = 0.0,
-                    multiplicative_noise: float = 0.0, color_jitter_probability: float = 0.8) -> A.Compose:
+                    multiplicative_noise: float = 0.0, color_jitter_probability: float = 0.8,
+                    scale_jitter: float = 0.0, blur_probability: float = 0.0, gamma_jitter: float = 0.0) -> A.Compose:
     """The augmentation pipeline of a split.
 
     Defaults follow SCNet / HCNN (§V-B): random rotation in [0, rotate_limit] degrees, horizontal and
@@ -70,23 +71,36 @@ def build_transform(train: bool, crop_size: int | None = None, image_size: tuple
         gauss_noise_std: additive Gaussian noise, standard deviation drawn from [0, ``gauss_noise_std``]
             as a fraction of the intensity range (0.01 = up to 2.55 grey levels; 0 disables it).
         multiplicative_noise: the image is multiplied by a factor drawn from [1 − m, 1 + m] (0 disables it).
+        scale_jitter: random rescaling by a factor in [1 − s, 1 + s] before the crop (cracks of other widths;
+            0 disables it).
+        blur_probability: probability of a Gaussian or motion blur (out-of-focus or moving camera).
+        gamma_jitter: random gamma in [1 − g, 1 + g] (exposure; 0 disables it).
 
     Raises:
         ValueError: a strength is negative (or ``multiplicative_noise`` >= 1); the message names the
             ``data.init_args`` option.
     """
     for name, value in (("color_jitter", color_jitter), ("hue_jitter", hue_jitter),
-                        ("gauss_noise_std", gauss_noise_std), ("multiplicative_noise", multiplicative_noise)):
+                        ("gauss_noise_std", gauss_noise_std), ("multiplicative_noise", multiplicative_noise),
+                        ("scale_jitter", scale_jitter), ("blur_probability", blur_probability),
+                        ("gamma_jitter", gamma_jitter)):
         if value < 0:
             raise ValueError(f"data.init_args.{name} must be >= 0, got {value}")
     if hue_jitter > 0.5:
         raise ValueError(f"data.init_args.hue_jitter must be in [0, 0.5], got {hue_jitter}")
-    if multiplicative_noise >= 1:
-        raise ValueError(f"data.init_args.multiplicative_noise must be in [0, 1), got {multiplicative_noise}")
+    for name, value in (("multiplicative_noise", multiplicative_noise), ("scale_jitter", scale_jitter),
+                        ("gamma_jitter", gamma_jitter)):
+        if value >= 1:
+            raise ValueError(f"data.init_args.{name} must be in [0, 1), got {value}")
+    if blur_probability > 1:
+        raise ValueError(f"data.init_args.blur_probability must be in [0, 1], got {blur_probability}")
     ops: list[A.BasicTransform] = []
     if image_size is not None:
         ops.append(A.Resize(*image_size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
     if train:
+        if scale_jitter > 0:
+            ops.append(A.RandomScale(scale_limit=(-scale_jitter, scale_jitter), interpolation=cv2.INTER_LINEAR,
+                                     mask_interpolation=cv2.INTER_NEAREST, p=1.0))
         if rotate_limit > 0:
             ops.append(A.Rotate(limit=(0, rotate_limit), border_mode=cv2.BORDER_REFLECT_101,
                                 mask_interpolation=cv2.INTER_NEAREST, p=0.5))
@@ -97,6 +111,11 @@ def build_transform(train: bool, crop_size: int | None = None, image_size: tuple
         if color_jitter > 0:
             ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
                                      hue=hue_jitter, p=color_jitter_probability))
+        if gamma_jitter > 0:
+            ops.append(A.RandomGamma(gamma_limit=(100 * (1 - gamma_jitter), 100 * (1 + gamma_jitter)), p=0.5))
+        if blur_probability > 0:
+            ops.append(A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7))],
+                               p=blur_probability))
         noises: list[A.BasicTransform] = []
         if gauss_noise_std > 0:
             noises.append(gauss_noise(gauss_noise_std))

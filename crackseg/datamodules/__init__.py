@@ -5,6 +5,7 @@ from crackseg.datamodules.crack500 import Crack500DataModule
 from crackseg.datamodules.crackforest import CrackForestDataModule
 from crackseg.datamodules.deepcrack import DeepCrackDataModule
 from crackseg.datamodules.folder import FolderDataModule
+from crackseg.datamodules.joined import JoinedDataModule
 from crackseg.datamodules.kolektor import KolektorSDD2DataModule
 from crackseg.datamodules.magnetic_tile import MagneticTileDataModule
 from crackseg.datamodules.mvtec import MVTecADDataModule
@@ -19,6 +20,7 @@ __all__ = [
     "CrackForestDataModule",
     "DeepCrackDataModule",
     "FolderDataModule",
+    "JoinedDataModule",
     "KolektorSDD2DataModule",
     "MVTecADDataModule",
     "MagneticTileDataModule",

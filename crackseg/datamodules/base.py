@@ -47,6 +47,12 @@ class CrackDataModule(LightningDataModule):
         rotate_limit: training rotation range [0, rotate_limit] degrees.
         flip: random horizontal / vertical flips in training.
         color_jitter: colour jitter strength in training (0 = off).
+        rotate90: random rotations by multiples of 90° in training (no interpolation, no border).
+        scale_jitter: random rescaling in training by a factor in [1 - s, 1 + s], before the crop (0 = off).
+        blur_probability: probability of a Gaussian or motion blur in training (0 = off).
+        gamma_jitter: random gamma in [1 - g, 1 + g] in training (0 = off).
+        train_images: train on a seeded random subset of this many training images (after the validation
+            hold-out; learning curves, few-label studies); None = all.
         val_fraction: fraction of the training images held out for validation when the dataset has no
             official validation split (seeded, so every run holds out the same images).
         seed: seed of the hold-out split.
@@ -103,6 +109,11 @@ class CrackDataModule(LightningDataModule):
         rotate_limit: float = 90.0,
         flip: bool = True,
         color_jitter: float = 0.0,
+        rotate90: bool = False,
+        scale_jitter: float = 0.0,
+        blur_probability: float = 0.0,
+        gamma_jitter: float = 0.0,
+        train_images: int | None = None,
         val_fraction: float = 0.2,
         seed: int = 0,
         train_on_normal_only: bool = False,
@@ -150,6 +161,12 @@ class CrackDataModule(LightningDataModule):
         self.rotate_limit = rotate_limit
         self.flip = flip
         self.color_jitter = color_jitter
+        if train_images is not None and (isinstance(train_images, bool) or train_images < 1):
+            raise ValueError(f"data.init_args.train_images must be an integer >= 1 or null, got {train_images!r}")
+        self.augment_options = {"rotate90": rotate90, "scale_jitter": scale_jitter,
+                                "blur_probability": blur_probability, "gamma_jitter": gamma_jitter}
+        build_transform(True, **self.augment_options)  # bad strengths fail here, naming the option
+        self.train_images = train_images
         self.val_fraction = val_fraction
         self.seed = seed
         self.train_on_normal_only = train_on_normal_only
@@ -207,6 +224,8 @@ class CrackDataModule(LightningDataModule):
             train, val = hold_out(train, self.val_fraction, self.seed) if self.val_fraction > 0 else (train, [])
         if self.train_on_normal_only:
             train = [s for s in train if self._label(s) == 0]
+        if self.train_images is not None:
+            train = self._subset(train)
         if self.synthetic_anomalies is not None:
             if "train" in self.synthetic_splits and not self.train_on_normal_only:
                 defective = next((s for s in train if self._label(s) == 1), None)
@@ -220,6 +239,13 @@ class CrackDataModule(LightningDataModule):
                 val = [s for s in val if self._label(s) != 1]
         test = self.find_samples("test") or []
         return {"train": train, "val": val, "test": test}
+
+    def _subset(self, train: list[Sample]) -> list[Sample]:
+        if self.train_images > len(train):
+            raise DataError(f"data.init_args.train_images is {self.train_images} but the train split of "
+                            f"{type(self).__name__} under {self.root} holds {len(train)} images")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        return [train[i] for i in sorted(order[:self.train_images])]
 
     def _label(self, sample: Sample) -> int:
         """The sample's label, derived from its mask (cropped to its tile) when unknown."""
@@ -358,7 +384,7 @@ class CrackDataModule(LightningDataModule):
         flip = self.flip and variants == 1  # the 8 enumerated symmetries replace the random flips
         transform = build_transform(split == "train", self.crop_size, image_size, self.rotate_limit, flip,
                                     self.color_jitter, gauss_noise_std=self.gauss_noise_std,
-                                    multiplicative_noise=self.multiplicative_noise)
+                                    multiplicative_noise=self.multiplicative_noise, **self.augment_options)
         if self.synthetic_anomalies is None or split not in self.synthetic_splits:
             return CrackDataset(samples, transform, self.mask_threshold, random_transform=split == "train",
                                 variants=variants)

@@ -5,10 +5,18 @@ from crackseg.lightning_modules.classifier import CrackClassifier
 from crackseg.lightning_modules.feature_ae import DFR, FeatureReconstruction, SkipAE
 from crackseg.lightning_modules.msflow import ExtractorPretraining, MSFlow
 from crackseg.lightning_modules.scnet import SCNet
-from crackseg.lightning_modules.segmentation import OED, DeepCrackLiu, DeepCrackZou, SupervisedSegmentation, UNet
+from crackseg.lightning_modules.segmentation import (
+    OED,
+    DeepCrackLiu,
+    DeepCrackZou,
+    EncoderDecoder,
+    SupervisedSegmentation,
+    UNet,
+)
 from crackseg.lightning_modules.vae import VAEGradCAM
 
 __all__ = ["CrackSegModule", "DeepCrackLiu", "SCNet", "SupervisedSegmentation", "UNet", "VAEGradCAM"]
 __all__ += ["DFR", "FeatureReconstruction", "SkipAE"]
 __all__ += ["ExtractorPretraining", "MSFlow"]
 __all__ += ["CrackClassifier", "DeepCrackZou", "OED"]
+__all__ += ["EncoderDecoder"]

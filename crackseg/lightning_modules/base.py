@@ -55,6 +55,9 @@ class CrackSegModule(LightningModule):
         lr_milestones: fractions of the total training steps where ``"multistep"`` decays.
         lr_gamma: decay factor.
         lr_step_epochs: epochs between two decays of ``"step"`` (>= 1).
+        lr_warmup_fraction: fraction of the training steps over which the learning rate rises linearly from
+            1 % of ``lr`` before the schedule takes over (schedules stepped per step: ``"constant"``,
+            ``"multistep"``, ``"cosine"``, ``"poly"``; 0 = no warm-up).
         aupro: compute AUPRO (FPR ≤ 0.3) at test time (stores all test pixels).
         predict_tile_size: ``crackseg predict`` on full-resolution images of any size: side of the square
             tiles (network-input pixels) the image is cut into, run a batch at a time and blended without
@@ -106,6 +109,7 @@ class CrackSegModule(LightningModule):
         lr_milestones: tuple[float, ...] = (0.7, 0.9),
         lr_gamma: float = 0.1,
         lr_step_epochs: int = 10,
+        lr_warmup_fraction: float = 0.0,
         aupro: bool = False,
         predict_tile_size: int | None = None,
         predict_tile_overlap: int = 64,
@@ -121,6 +125,11 @@ class CrackSegModule(LightningModule):
             raise ValueError(f"model.normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
         if isinstance(lr_step_epochs, bool) or not isinstance(lr_step_epochs, int) or lr_step_epochs < 1:
             raise ValueError(f"model.init_args.lr_step_epochs must be an integer >= 1, got {lr_step_epochs!r}")
+        if not 0.0 <= lr_warmup_fraction < 1.0:
+            raise ValueError(f"model.init_args.lr_warmup_fraction must be in [0, 1), got {lr_warmup_fraction}")
+        if lr_warmup_fraction > 0 and lr_schedule in ("step", "epoch_step"):
+            raise ValueError(f"model.init_args.lr_warmup_fraction needs a schedule stepped per step (constant, "
+                             f"multistep, cosine, poly), not lr_schedule {lr_schedule!r}")
         if any(not 0 < m < 1 for m in lr_milestones):
             raise ValueError(f"model.lr_milestones must be fractions in (0, 1), got {lr_milestones}")
         # The overrides are not hyper-parameters: LightningCLI re-applies a checkpoint's hyper-parameters
@@ -196,6 +205,9 @@ class CrackSegModule(LightningModule):
         })
         self.image_metrics = nn.ModuleDict({stage: ImageMetrics() for stage in STAGES})
         self._metrics_updated = {(kind, stage): False for kind in ("pixel", "image") for stage in STAGES}
+        #: metrics of each evaluation source (a datamodule with several validation / test loaders, e.g.
+        #: :class:`~crackseg.datamodules.JoinedDataModule`), by (stage, loader index); made on first use
+        self._source_metrics: dict[tuple[str, int], tuple[SegmentationMetrics, ImageMetrics, list[bool]]] = {}
 
     @property
     def stride(self) -> int:
@@ -251,30 +263,49 @@ class CrackSegModule(LightningModule):
             "extra_maps": self.extra_maps(outputs, batch, batch_idx),
         }
 
-    def _eval_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> dict[str, Any]:
+    def _eval_step(self, batch: dict[str, Any], batch_idx: int, stage: str, dataloader_idx: int = 0) -> dict[str, Any]:
         result = self.evaluate_batch(batch, batch_idx)
         batch_size = len(batch["image"])
         losses = self.compute_loss(result["outputs"], batch)
         self.log_dict({f"{stage}/{k}": v for k, v in losses.items()}, batch_size=batch_size, sync_dist=True)
+        targets = [(self.pixel_metrics[stage], self.image_metrics[stage], None)]
+        if self._source_names() is not None:
+            targets.append(self._metrics_of_source(stage, dataloader_idx))
         has_mask = batch["has_mask"]
-        if has_mask.any():
-            pro_map = result["pro_map"]
-            self.pixel_metrics[stage].update(result["map"][has_mask], batch["mask"][has_mask],
-                                             float(self.pixel_threshold),
-                                             pro_probs=None if pro_map is None else pro_map[has_mask])
-            self._metrics_updated["pixel", stage] = True
         known = batch["label"] >= 0
-        if known.any():
-            self.image_metrics[stage].update(result["score"][known], batch["label"][known],
-                                             float(self.image_threshold))
-            self._metrics_updated["image", stage] = True
+        pro_map = result["pro_map"]
+        for pixel_metrics, image_metrics, updated in targets:
+            if has_mask.any():
+                pixel_metrics.update(result["map"][has_mask], batch["mask"][has_mask], float(self.pixel_threshold),
+                                     pro_probs=None if pro_map is None else pro_map[has_mask])
+            if known.any():
+                image_metrics.update(result["score"][known], batch["label"][known], float(self.image_threshold))
+            if updated is not None:
+                updated[0] |= bool(has_mask.any())
+                updated[1] |= bool(known.any())
+        self._metrics_updated["pixel", stage] |= bool(has_mask.any())
+        self._metrics_updated["image", stage] |= bool(known.any())
         return result
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return self._eval_step(batch, batch_idx, "val")
+    def _source_names(self) -> list[str] | None:
+        """Names of the evaluation loaders when the datamodule declares several (``eval_source_names``)."""
+        trainer = self._trainer
+        names = getattr(getattr(trainer, "datamodule", None), "eval_source_names", None) if trainer else None
+        return list(names) if names and len(names) > 1 else None
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return self._eval_step(batch, batch_idx, "test")
+    def _metrics_of_source(self, stage: str, index: int) -> tuple[SegmentationMetrics, ImageMetrics, list[bool]]:
+        key = (stage, index)
+        if key not in self._source_metrics:
+            reference = self.pixel_metrics[stage]
+            pixel = SegmentationMetrics(aupro=reference.aupro is not None, unbounded=not self.maps_are_probabilities)
+            self._source_metrics[key] = (pixel.to(self.device), ImageMetrics().to(self.device), [False, False])
+        return self._source_metrics[key]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        return self._eval_step(batch, batch_idx, "val", dataloader_idx)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        return self._eval_step(batch, batch_idx, "test", dataloader_idx)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         if self.tile_settings is not None:
@@ -349,23 +380,35 @@ class CrackSegModule(LightningModule):
             return flag
         return trainer.strategy.reduce_boolean_decision(flag, all=False)
 
-    def _log_epoch_metrics(self, stage: str) -> None:
+    def _epoch_values(self, pixel_metrics: SegmentationMetrics, image_metrics: ImageMetrics,
+                      pixel_updated: bool, image_updated: bool) -> dict[str, Tensor]:
         values: dict[str, Tensor] = {}
-        if self._any_rank(self._metrics_updated["pixel", stage]):
-            values.update(self.pixel_metrics[stage].compute())
-        if self._any_rank(self._metrics_updated["image", stage]):
-            image = self.image_metrics[stage].compute()
+        if self._any_rank(pixel_updated):
+            values.update(pixel_metrics.compute())
+        if self._any_rank(image_updated):
+            image = image_metrics.compute()
             matrix = image.pop("confusion_matrix")
             values.update(image)
             values.update({"image_tn": matrix[0, 0], "image_fp": matrix[0, 1],
                            "image_fn": matrix[1, 0], "image_tp": matrix[1, 1]})
+        pixel_metrics.reset()
+        image_metrics.reset()
+        return values
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        values = self._epoch_values(self.pixel_metrics[stage], self.image_metrics[stage],
+                                    self._metrics_updated["pixel", stage], self._metrics_updated["image", stage])
         values["pixel_threshold"] = self.pixel_threshold
         values["image_threshold"] = self.image_threshold
+        names = self._source_names() or []
+        for (source_stage, index), (pixel, image, updated) in sorted(self._source_metrics.items()):
+            if source_stage == stage:
+                name = names[index] if index < len(names) else f"source_{index}"
+                values.update({f"{name}/{k}": v for k, v in self._epoch_values(pixel, image, *updated).items()})
+                updated[:] = [False, False]
         # already reduced over the ranks (torchmetrics syncs in compute); sync_dist averages equal values,
         # so every rank holds the same numbers (checkpoint monitors) and Lightning does not warn
         self.log_dict({f"{stage}/{k}": v.float() for k, v in values.items()}, sync_dist=True)
-        self.pixel_metrics[stage].reset()
-        self.image_metrics[stage].reset()
         self._metrics_updated["pixel", stage] = self._metrics_updated["image", stage] = False
 
     def on_validation_epoch_end(self) -> None:
@@ -397,9 +440,16 @@ class CrackSegModule(LightningModule):
                 state[name] = torch.tensor(float(override))
 
     # -- optimisation --------------------------------------------------------------------------
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups (default: one group of the trainable parameters). A method with a
+        pretrained part overrides it to give that part its own learning rate (``"lr"`` in a group is a
+        multiple of ``model.lr`` there: ``{"params": ..., "lr_scale": 0.1}``)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = [{**{k: v for k, v in group.items() if k != "lr_scale"}, "lr": hp.lr * group.get("lr_scale", 1.0)}
+                  for group in self.parameter_groups()]
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         elif hp.optimizer == "adam":
@@ -408,22 +458,30 @@ class CrackSegModule(LightningModule):
             optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         else:
             raise ValueError(f"model.optimizer must be 'sgd', 'adam' or 'adamw', got {hp.optimizer!r}")
-        if hp.lr_schedule == "constant":
+        warmup_fraction = float(hp.get("lr_warmup_fraction", 0.0))
+        if hp.lr_schedule == "constant" and not warmup_fraction:
             return optimizer
         if hp.lr_schedule in ("epoch_step", "step"):
             step_size = 1 if hp.lr_schedule == "epoch_step" else int(hp.get("lr_step_epochs", 10))
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=hp.lr_gamma)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        if hp.lr_schedule == "multistep":
-            milestones = sorted({max(1, int(f * total)) for f in hp.lr_milestones})
+        warmup = min(total - 1, int(round(warmup_fraction * total)))
+        rest = total - warmup
+        if hp.lr_schedule == "constant":
+            scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        elif hp.lr_schedule == "multistep":
+            milestones = sorted({max(1, int(f * total) - warmup) for f in hp.lr_milestones})
             scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=hp.lr_gamma)
         elif hp.lr_schedule == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=rest)
         elif hp.lr_schedule == "poly":
-            scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=0.9)
+            scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=rest, power=0.9)
         else:
             raise ValueError(f"unknown model.lr_schedule {hp.lr_schedule!r}")
+        if warmup > 0:
+            ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
+            scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, scheduler], milestones=[warmup])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

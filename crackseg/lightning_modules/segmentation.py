@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from crackseg.lightning_modules.base import CrackSegModule
 from crackseg.losses import combined_loss, parse_loss
-from crackseg.models import DeepCrackLiuModel, DeepCrackZouModel, OEDModel, UNetModel
+from crackseg.models import DeepCrackLiuModel, DeepCrackZouModel, EncoderDecoderModel, OEDModel, UNetModel
 from crackseg.models.backbones import warn_offline_normalization
 from crackseg.models.oed import OED_DECODER_CHANNELS
 
@@ -203,3 +203,76 @@ class OED(SupervisedSegmentation):
         super().__init__(net=net, loss=loss, side_weights=side_weights, normalization=normalization,
                          optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, **kwargs)
         warn_offline_normalization(net.weights_source, normalization)
+
+
+class EncoderDecoder(SupervisedSegmentation):
+    """A pretrained encoder-decoder of segmentation-models-pytorch, fine-tuned on crack masks.
+
+    The network is smp's ``arch`` on a timm ``encoder`` (:class:`~crackseg.models.EncoderDecoderModel`);
+    the encoder starts from ImageNet weights (default: EfficientNet-Lite0's, shipped offline, which take RGB
+    in [-1, 1]: ``normalization: symmetric``; hub and timm-file weights want ``normalization: imagenet``). No
+    paper sets these defaults: they are the fine-tuning recipe of ``configs/recipes/own_data.yaml`` (AdamW,
+    cosine schedule after a 5 % warm-up, BCE + soft IoU for thin, rare cracks), which trains from a few dozen
+    labelled images.
+
+    Args:
+        arch: smp architecture: ``Unet``, ``UnetPlusPlus``, ``FPN``, ``DeepLabV3Plus``, ``DeepLabV3``,
+            ``MAnet``, ``Linknet``, ``PSPNet``, ``PAN``, ``UPerNet``, ``Segformer`` (case-insensitive).
+        encoder: timm encoder name (``efficientnet_lite0``, ``resnet34``, ``convnext_tiny``, ...).
+        weights: encoder weights: ``"offline"``, ``"hub"``, ``"auto"``, a weights file or null (random).
+        encoder_depth: encoder stages used (smp's ``encoder_depth``).
+        decoder_channels: decoder widths (U-Net family), null = smp's default (256, 128, 64, 32, 16).
+        arch_kwargs: further arguments of the smp architecture.
+        freeze_encoder_epochs: train only the decoder for this many first epochs (encoder weights and its
+            batch-norm statistics frozen), then everything.
+        encoder_lr_multiplier: the encoder's learning rate as a multiple of ``lr``.
+        loss: loss terms (see :class:`SupervisedSegmentation`).
+        normalization: input normalisation (see :class:`~crackseg.lightning_modules.base.CrackSegModule`).
+        optimizer: optimiser.
+        lr: learning rate (decoder; the encoder gets ``lr × encoder_lr_multiplier``).
+        weight_decay: weight decay.
+        lr_schedule: learning-rate schedule.
+        lr_warmup_fraction: fraction of the steps of linear warm-up.
+        **kwargs: options of :class:`SupervisedSegmentation` and :class:`CrackSegModule`.
+    """
+
+    weight_sources = ("weights",)
+
+    def __init__(self, arch: str = "Unet", encoder: str = "efficientnet_lite0", weights: str | None = "offline",
+                 encoder_depth: int = 5, decoder_channels: Sequence[int] | None = None,
+                 arch_kwargs: dict[str, Any] | None = None, freeze_encoder_epochs: int = 0,
+                 encoder_lr_multiplier: float = 1.0, loss: str = "bce+soft_iou",
+                 normalization: Literal["symmetric", "imagenet", "unit"] = "symmetric",
+                 optimizer: Literal["sgd", "adam", "adamw"] = "adamw", lr: float = 1e-3, weight_decay: float = 1e-4,
+                 lr_schedule: Literal["constant", "multistep", "epoch_step", "step", "cosine", "poly"] = "cosine",
+                 lr_warmup_fraction: float = 0.05, **kwargs: Any) -> None:
+        if freeze_encoder_epochs < 0:
+            raise ValueError(f"model.init_args.freeze_encoder_epochs must be >= 0, got {freeze_encoder_epochs}")
+        if encoder_lr_multiplier <= 0:
+            raise ValueError(f"model.init_args.encoder_lr_multiplier must be > 0, got {encoder_lr_multiplier}")
+        net = EncoderDecoderModel(arch, encoder, weights, encoder_depth, decoder_channels, arch_kwargs)
+        super().__init__(net=net, loss=loss, normalization=normalization, optimizer=optimizer, lr=lr,
+                         weight_decay=weight_decay, lr_schedule=lr_schedule, lr_warmup_fraction=lr_warmup_fraction,
+                         **kwargs)
+        warn_offline_normalization(net.weights_source, normalization)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The encoder at ``lr × encoder_lr_multiplier``, the rest at ``lr`` (the encoder is in the optimiser
+        while frozen too, so unfreezing needs no new optimiser)."""
+        encoder = {id(p) for p in self.net.encoder.parameters()}
+        rest = [p for p in self.parameters() if id(p) not in encoder and p.requires_grad]
+        return [{"params": rest},
+                {"params": list(self.net.encoder.parameters()), "lr_scale": self.hparams.encoder_lr_multiplier}]
+
+    def _encoder_frozen(self) -> bool:
+        return self.current_epoch < self.hparams.freeze_encoder_epochs
+
+    def on_train_epoch_start(self) -> None:
+        frozen = self._encoder_frozen()
+        for p in self.net.encoder.parameters():
+            p.requires_grad_(not frozen)
+        self.net.encoder.train(not frozen)
+
+    def on_train_end(self) -> None:
+        for p in self.net.encoder.parameters():
+            p.requires_grad_(True)

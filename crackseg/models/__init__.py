@@ -8,6 +8,7 @@ Every segmentation network maps a normalised image batch (B, C, H, W) to a dict 
 from crackseg.models.classifier import CrackClassifierNet
 from crackseg.models.deepcrack import DeepCrackLiuModel
 from crackseg.models.deepcrack_zou import DeepCrackZouModel
+from crackseg.models.encoder_decoder import EncoderDecoderModel
 from crackseg.models.feature_ae import DFRModel, FeatureExtractor, SkipAEModel
 from crackseg.models.oed import OEDModel
 from crackseg.models.scnet import SCNetModel
@@ -17,3 +18,4 @@ from crackseg.models.vae import ConvVAE
 __all__ = ["ConvVAE", "DeepCrackLiuModel", "SCNetModel", "UNetModel"]
 __all__ += ["DFRModel", "FeatureExtractor", "SkipAEModel"]
 __all__ += ["CrackClassifierNet", "DeepCrackZouModel", "OEDModel"]
+__all__ += ["EncoderDecoderModel"]
