@@ -16,7 +16,8 @@ import yaml
 from crackseg.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
+#: where the scripts write their sections; ``CRACKSEG_RESULTS`` redirects them (``gpu_check.sh --dry-run``)
+RESULTS = Path(os.environ.get("CRACKSEG_RESULTS") or REPO / "benchmarks" / "RESULTS.md")
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
@@ -70,8 +71,11 @@ def commit() -> str:
 
 
 def fit_and_test(config: Path, workdir: Path, overrides: list[str], max_time_minutes: float | None = None,
-                 max_epochs: int | None = None, test_checkpoint: str | None = "best.ckpt") -> RunResult:
+                 max_epochs: int | None = None, test_checkpoint: str | None = "best.ckpt",
+                 trainer_config: str | Path = "configs/trainer/cpu.yaml") -> RunResult:
     """``crackseg fit`` then ``crackseg test`` with the config's outputs moved to ``workdir``.
+
+    ``trainer_config`` is the trainer fragment (relative to the repository), e.g. ``configs/trainer/gpu.yaml``.
 
     ``test_checkpoint`` names the checkpoint tested (in ``workdir/checkpoints``); None skips the test.
     """
@@ -84,7 +88,7 @@ def fit_and_test(config: Path, workdir: Path, overrides: list[str], max_time_min
         if callback["class_path"] == "PredictionWriter":
             callback["init_args"]["output_dir"] = str(out_dir)
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    common = ["--config", str(REPO / "configs/trainer/cpu.yaml"), "--config", str(workdir / "config.yaml"),
+    common = ["--config", str(REPO / trainer_config), "--config", str(workdir / "config.yaml"),
               *overrides, f"--trainer.default_root_dir={workdir}", "--trainer.logger=CSVLogger",
               f"--trainer.logger.save_dir={workdir}", "--trainer.enable_progress_bar=false"]
     limits = [f"--trainer.max_epochs={max_epochs or 100000}"]

@@ -24,6 +24,7 @@ import argparse
 import csv
 import datetime as dt
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -68,10 +69,17 @@ def make_checkpoint(path: Path, workdir: Path, model: list[str], steps: int) -> 
     cli.trainer.save_checkpoint(path)
 
 
+def cuda_peak_mb(log: Path) -> float | None:
+    """The child's peak allocated CUDA memory (MB) it printed last, None without a GPU."""
+    found = re.findall(r"CUDA_PEAK_MB (\S+)", log.read_text(errors="replace"))
+    return float(found[-1]) if found and float(found[-1]) >= 0 else None
+
+
 def run_predict(args: list[str], log: Path) -> tuple[float, float, int]:
     """Run ``crackseg predict args`` in a child process: (wall seconds, peak RSS in MB, exit status)."""
-    command = [sys.executable, "-c", "import sys; from crackseg.cli import main; main(sys.argv[1:])", "predict",
-               *args]
+    command = [sys.executable, "-c", "import sys, torch; from crackseg.cli import main; main(sys.argv[1:]); "
+               "print('CUDA_PEAK_MB', torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else -1)",
+               "predict", *args]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     start = time.perf_counter()
     with open(log, "w") as handle:
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
             seconds, peak_mb, status = run_predict(args, workdir / f"predict_tile{tile}.log")
             if status != 0:
                 raise SystemExit(f"crackseg predict failed (exit {status}); see {workdir / f'predict_tile{tile}.log'}")
-            runs.append((seconds, peak_mb))
+            runs.append((seconds, peak_mb, cuda_peak_mb(workdir / f"predict_tile{tile}.log")))
         seconds = statistics.median(r[0] for r in runs)
         peak_mb = statistics.median(r[1] for r in runs)
         worst_mb = max(r[1] for r in runs)
@@ -145,18 +153,20 @@ def main(argv: list[str] | None = None) -> None:
         with open(out / "predict" / "cracks.csv", newline="") as handle:
             cracks = sum(1 for _ in csv.DictReader(handle))
         n_tiles = tile_count(height, width, TileSettings(tile, opts.overlap, tile_batch))
-        rows.append((tile, tile_batch, n_tiles, seconds, peak_mb, worst_mb, cracks))
+        gpu = [r[2] for r in runs if r[2] is not None]
+        rows.append((tile, tile_batch, n_tiles, seconds, peak_mb, worst_mb, cracks, max(gpu) if gpu else None))
 
     lines = [f"{machine()}; commit {commit()}; date {dt.date.today()}; UNet base_channels {opts.base_channels} "
              f"depth {opts.depth} trained {opts.train_steps} steps, {opts.device} {opts.precision}, overlap "
              f"{opts.overlap} px; medians of {opts.runs} runs",
              "",
              "| image (W x H) | tile | tile batch | tiles | wall time (s) | peak RSS (MB), median / worst | tiles/s "
-             "| cracks in CSV | < 3 GB |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for tile, tile_batch, n_tiles, seconds, peak_mb, worst_mb, cracks in rows:
+             "| cracks in CSV | < 3 GB | peak GPU memory (MB) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for tile, tile_batch, n_tiles, seconds, peak_mb, worst_mb, cracks, gpu_mb in rows:
         lines.append(f"| {width} x {height} | {tile} | {tile_batch} | {n_tiles} | {seconds:.1f} | {peak_mb:.0f} / "
-                     f"{worst_mb:.0f} | {n_tiles / seconds:.2f} | {cracks} | {'yes' if worst_mb < 3072 else 'NO'} |")
+                     f"{worst_mb:.0f} | {n_tiles / seconds:.2f} | {cracks} | {'yes' if worst_mb < 3072 else 'NO'} | "
+                     f"{'–' if gpu_mb is None else f'{gpu_mb:.0f}'} |")
     lines += ["", "Wall time and tiles/s include process start-up, image reading, PNG writing and crack "
               "quantification; peak RSS is the child process's own (``os.wait4``)."]
     text = "\n".join(lines)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 from pathlib import Path
 
 from benchmarks.common import REPO, SHARED_DATA, commit, fit_and_test, machine, write_section
@@ -24,12 +25,15 @@ PAPER = {"SCNet": {"f1": 90.40, "region_f1": 96.62}, "DeepCrackLiu": {"f1": 84.4
 CONFIGS = {"SCNet": "configs/scnet/crackforest.yaml", "DeepCrackLiu": "configs/deepcrack_liu/crackforest.yaml"}
 
 
-def run(root: Path, epochs: int, width: float, workdir: Path) -> None:
+def run(root: Path, epochs: int, width: float, workdir: Path, models: list[str] | None = None,
+        minutes: float | None = None, trainer_config: str = "configs/trainer/cpu.yaml", section: str = "scnet_cfd",
+        extra: list[str] | None = None) -> str:
     overrides = ["--data.init_args.root", str(root), "--data.init_args.test_fraction", "0.2",
                  "--data.init_args.crop_size", "256", "--data.init_args.rotate_limit", "90",
-                 "--model.init_args.width_multiplier", str(width)]
-    results = {name: fit_and_test(REPO / config, workdir / name, overrides, max_epochs=epochs)
-               for name, config in CONFIGS.items()}
+                 "--model.init_args.width_multiplier", str(width), *(extra or [])]
+    results = {name: fit_and_test(REPO / config, workdir / name, overrides, max_time_minutes=minutes,
+                                  max_epochs=epochs, trainer_config=trainer_config)
+               for name, config in CONFIGS.items() if models is None or name in models}
     rows = []
     for name, r in results.items():
         m, paper = r.metrics, PAPER[name]
@@ -40,13 +44,14 @@ def run(root: Path, epochs: int, width: float, workdir: Path) -> None:
                     f"{100 * m['test/ods']:.2f} / {100 * m['test/ois']:.2f} / {100 * m['test/ap']:.2f} | "
                     f"{r.epochs} ({r.steps} steps) | {r.train_images_per_second:.2f} | {r.test_ms_per_image:.0f} |")
     any_result = next(iter(results.values()))
+    budget = f"{epochs} epochs" + (f" or {minutes:g} minutes" if minutes else "") + f" ({trainer_config})"
     text = f"""## SCNet vs DeepCrack-Liu on CrackForest (real data), CPU
 
-Command: `python -m benchmarks.scnet_cfd --epochs {epochs} --width {width:g}`; date {dt.date.today().isoformat()};
+Command: `python -m benchmarks.scnet_cfd {" ".join(sys.argv[1:])}`; date {dt.date.today().isoformat()};
 machine: {machine()}; commit {commit()}.
 
 Same training for both: paper optimiser (SGD lr 1e-4, momentum 0.9, weight decay 2e-4), batch 4 of 256² crops
-with rotation 0–90° and flips, **{epochs} epochs**, channel width multiplier **{width:g}** (1 = the papers'
+with rotation 0–90° and flips, **{budget}**, channel width multiplier **{width:g}** (1 = the papers'
 networks; reduced to fit a 2-core CPU), {any_result.n_train} training / {any_result.n_test} test images
 (CFD images with ground truth, 20 % test hold-out, 20 % of the rest for validation, seed 0). Pixel F1 as the
 paper computes it: best threshold, TP / FP / FN summed over the test set (`test/ods_dataset`); F1 / IoU at the
@@ -59,8 +64,9 @@ ODS / OIS / AP % (per image) | epochs | train img/s | test ms/img |
 |---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 """
-    write_section("scnet_cfd", text)
+    write_section(section, text)
     print(text)
+    return text
 
 
 if __name__ == "__main__":
@@ -69,5 +75,11 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--width", type=float, default=0.25, help="channel width multiplier (1 = paper)")
     parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "bench_scnet_cfd")
+    parser.add_argument("--models", nargs="+", default=None, choices=list(CONFIGS))
+    parser.add_argument("--minutes", type=float, default=None, help="wall-clock fit budget per model")
+    parser.add_argument("--trainer-config", dest="trainer_config", default="configs/trainer/cpu.yaml")
+    parser.add_argument("--section", default="scnet_cfd", help="section of benchmarks/RESULTS.md to write")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further crackseg overrides")
     args = parser.parse_args()
-    run(args.root, args.epochs, args.width, args.workdir)
+    run(args.root, args.epochs, args.width, args.workdir, args.models, args.minutes, args.trainer_config,
+        args.section, args.extra)

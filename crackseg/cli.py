@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from lightning import LightningDataModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
@@ -28,7 +27,6 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 import crackseg
 import crackseg.callbacks  # noqa: F401  (registers callbacks for short class paths)
-import crackseg.datamodules  # noqa: F401  (registers datamodules for short class paths)
 from crackseg.checkpoint import (
     CheckpointError,
     LastModelCheckpoint,
@@ -38,6 +36,7 @@ from crackseg.checkpoint import (
     check_model_class,
     load_checkpoint,
 )
+from crackseg.datamodules import CrackDataModule
 from crackseg.lightning_modules import CrackSegModule
 
 
@@ -168,7 +167,7 @@ def main(args: Sequence[str] | None = None) -> CrackSegCLI | dict[str, Any] | No
         return report if args is not None else None
     cli = CrackSegCLI(
         CrackSegModule,
-        LightningDataModule,  # CrackDataModule subclasses and JoinedDataModule
+        CrackDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},

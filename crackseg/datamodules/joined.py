@@ -13,7 +13,7 @@ from crackseg.data.io import DataError
 from crackseg.datamodules.base import CrackDataModule
 
 
-class JoinedDataModule(LightningDataModule):
+class JoinedDataModule(CrackDataModule):
     """Train on the union of several datamodules' training splits; validate and test on each source apart.
 
     Each source keeps its own layout, augmentation, crops and hold-outs; this module only draws training
@@ -38,7 +38,10 @@ class JoinedDataModule(LightningDataModule):
     def __init__(self, sources: Sequence[CrackDataModule], names: Sequence[str] | None = None,
                  weights: Sequence[float] | None = None, samples_per_epoch: int | None = None,
                  batch_size: int = 4, seed: int = 0) -> None:
-        super().__init__()
+        # a CrackDataModule for the CLI (its data class) whose images are its sources': none of the base's
+        # per-dataset options apply, so only LightningDataModule's set-up runs
+        LightningDataModule.__init__(self)
+        self.datasets, self.skipped, self.predict_path = {}, [], None
         sources = list(sources)
         if len(sources) < 1 or not all(isinstance(s, CrackDataModule) for s in sources):
             raise ValueError("data.init_args.sources must list one or more crackseg datamodules")
@@ -66,6 +69,9 @@ class JoinedDataModule(LightningDataModule):
     def eval_source_names(self) -> list[str]:
         """Names of the validation / test loaders, in order (the model logs each loader's metrics under it)."""
         return list(self.names)
+
+    def split_samples(self) -> dict[str, list]:
+        raise NotImplementedError("JoinedDataModule has no samples of its own: see its sources' split_samples()")
 
     def prepare_data(self) -> None:
         for source in self.sources:
