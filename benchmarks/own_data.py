@@ -102,9 +102,30 @@ def _time_limit(minutes: float) -> str:
     return f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def fit(config: Path, minutes: float, limit_val: int | None) -> dict[str, Any]:
+def seconds_per_step(name: str, unet_width: int, steps: int = 4) -> float:
+    """Median seconds of one training step (batch 4 of 256², forward, backward, AdamW) of a benchmark model."""
+    from crackseg.lightning_modules import EncoderDecoder, UNet
+    from crackseg.losses import combined_loss
+
+    model = EncoderDecoder(weights=None) if name == "encoder_decoder" else UNet(base_channels=unet_width)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images, masks = torch.rand(4, 3, 256, 256), (torch.rand(4, 1, 256, 256) > 0.97).float()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        loss = combined_loss(model(images)["logits"], masks, ("bce",))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def fit(config: Path, minutes: float, limit_val: int | None, max_steps: int) -> dict[str, Any]:
+    """``crackseg fit`` for ``max_steps`` (the schedule's horizon: cosine and warm-up need one), stopped at
+    ``minutes`` whichever comes first."""
     args = ["fit", "--config", str(REPO / "configs/trainer/cpu.yaml"), "--config", str(config),
-            f"--trainer.max_time={_time_limit(minutes)}"]
+            f"--trainer.max_time={_time_limit(minutes)}", f"--trainer.max_steps={max_steps}"]
     if limit_val:
         args.append(f"--trainer.limit_val_batches={limit_val}")
     start = time.perf_counter()
@@ -160,8 +181,10 @@ def render(args: argparse.Namespace, rows: list[dict[str, Any]], cross: list[dic
     lines = [f"## own_data — pretrained EncoderDecoder vs U-Net from scratch on few labelled images "
              f"({dt.date.today()}, commit {commit()})", "",
              f"Machine: {machine()}. Budget: {args.minutes:g} wall-clock minutes of `fit` per row (validations "
-             f"included; {args.val_every_ed} / {args.val_every_unet} steps between validations for EncoderDecoder / "
-             f"U-Net{f', {args.limit_val} validation images' if args.limit_val else ''}), batch 4 of 256² crops, "
+             f"included), as training steps from a speed probe ({getattr(args, 'budget_note', '')}; the schedules "
+             f"run over them; the time limit stops a row first if it is slower); {args.val_every_ed} / "
+             f"{args.val_every_unet} steps between validations for EncoderDecoder / U-Net"
+             f"{f' on {args.limit_val} validation images' if args.limit_val else ''}. Batch 4 of 256² crops, "
              f"best `val/ods_dataset` checkpoint tested on the full test split. U-Net base channels: "
              f"{args.unet_width} (the paper: 64). `python -m benchmarks.own_data {' '.join(args.argv)}`.", "",
              "| dataset | train images | model | steps | test ods_dataset | ODS | OIS | AP |",
@@ -206,13 +229,16 @@ def run(args: argparse.Namespace) -> str:
 
     if args.speed_runs:
         speed = inference_ms(args.models, args.unet_width, args.speed_runs)
+    step_seconds = {name: seconds_per_step(name, args.unet_width) for name in dict.fromkeys(m for _, _, m in plan)}
+    budget_steps = {name: max(10, int(args.minutes * 60 * args.train_share / s)) for name, s in step_seconds.items()}
+    args.budget_note = ", ".join(f"{n} {s:.2f} s/step → {budget_steps[n]} steps" for n, s in step_seconds.items())
     best: dict[str, Path] = {}
     for dataset, size, name in plan:
         spec = model_config(name, args.unet_width)
         run_dir = workdir / f"{dataset}_{size}_{name}"
         val_every = args.val_every_ed if name == "encoder_decoder" else args.val_every_unet
         config = write_config(run_dir, spec["model"], data_config(dataset, size, spec["augmentation"]), val_every)
-        info = fit(config, args.minutes, args.limit_val)
+        info = fit(config, args.minutes, args.limit_val, budget_steps[name])
         checkpoint = run_dir / "checkpoints" / "best.ckpt"
         metrics = test(config, checkpoint)
         rows.append({"dataset": dataset, "n_train": info["n_train"], "model": name, "steps": info["steps"],
@@ -234,7 +260,7 @@ def run(args: argparse.Namespace) -> str:
         run_dir = workdir / "joined_all_encoder_decoder"
         spec = model_config("encoder_decoder", args.unet_width)
         config = write_config(run_dir, spec["model"], joined_config(spec["augmentation"]), args.val_every_ed)
-        fit(config, args.minutes, args.limit_val)
+        fit(config, args.minutes, args.limit_val, budget_steps["encoder_decoder"])
         metrics = test(config, run_dir / "checkpoints" / "best.ckpt")
         for other in DATASETS:
             cross.append({"train": "joined (DeepCrack + CrackForest)", "test": other,
@@ -253,6 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline-sizes", dest="baseline_sizes", nargs="+", default=None,
                         help="sizes at which the U-Net rows run (default: every size)")
     parser.add_argument("--minutes", type=float, default=20.0, help="wall-clock fit budget per row")
+    parser.add_argument("--train-share", dest="train_share", type=float, default=0.8,
+                        help="share of --minutes planned for training steps (the rest: validations); the step "
+                             "budget = minutes x share / measured seconds per step, the schedules' horizon")
     parser.add_argument("--unet-width", dest="unet_width", type=int, default=64, help="U-Net base channels")
     parser.add_argument("--val-every-ed", dest="val_every_ed", type=int, default=60,
                         help="training steps between validations, EncoderDecoder")
