@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from fakes import SHARED_DATA
+
+
+@pytest.fixture
+def shared_data() -> Callable[..., Path]:
+    """``shared_data("magnetic_tile")``: the folder of a real data sample in ``../shared/data``; the test is
+    skipped when it is absent (a user's clone has no ``../shared``)."""
+
+    def folder(*parts: str) -> Path:
+        path = SHARED_DATA.joinpath(*parts)
+        if not path.is_dir():
+            pytest.skip(f"real data sample not available: {path}")
+        return path
+
+    return folder
 
 
 @pytest.fixture

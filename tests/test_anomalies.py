@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -11,7 +12,6 @@ import fakes
 import numpy as np
 import pytest
 import torch
-from fakes import SHARED_DATA
 
 from crackseg.data.anomalies import AnomalySynthesizer, CutPaste, poisson_clone
 from crackseg.data.dataset import CrackDataset, Sample
@@ -337,14 +337,12 @@ def test_config_builds_a_working_datamodule(tmp_path: Path) -> None:
 
 
 # -- real data in ../shared/data -----------------------------------------------------------------
-def test_poisson_blend_real_deepcrack_cracks() -> None:
-    deepcrack = SHARED_DATA / "deepcrack"
-    if not deepcrack.is_dir():
-        pytest.skip(f"real data sample not available: {deepcrack}")
+def test_poisson_blend_real_deepcrack_cracks(shared_data: Callable[..., Path]) -> None:
+    deepcrack = shared_data("deepcrack")
     op = PoissonBlend(DeepCrackDataModule(deepcrack))
     op.prepare()
     assert len(op.pool) == 237  # every DeepCrack test image has a crack
-    tiles = sorted((SHARED_DATA / "magnetic_tile" / "MT_Free" / "Imgs").glob("*.jpg"))[:3]
+    tiles = sorted((deepcrack.parent / "magnetic_tile" / "MT_Free" / "Imgs").glob("*.jpg"))[:3]
     targets = [cv2.resize(read_image(p), (256, 256), interpolation=cv2.INTER_AREA) for p in tiles]
     targets = targets or [texture((256, 256), seed) for seed in range(3)]
     for seed, target in enumerate(targets):

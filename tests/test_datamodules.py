@@ -11,7 +11,6 @@ import fakes
 import numpy as np
 import pytest
 import torch
-from fakes import SHARED_DATA
 from PIL import Image
 from scipy.io import savemat
 
@@ -444,13 +443,6 @@ def test_defaults_for_whole_images() -> None:
 
 
 # -- real samples in ../shared/data -------------------------------------------------------------
-def real(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.is_dir():
-        pytest.skip(f"real data sample not available: {path}")
-    return path
-
-
 def first_batches(loader, n: int) -> list[dict]:
     batches = []
     for batch in loader:
@@ -460,8 +452,8 @@ def first_batches(loader, n: int) -> list[dict]:
     return batches
 
 
-def test_real_crackforest() -> None:
-    root = real("cfd")
+def test_real_crackforest(shared_data: Callable[..., Path]) -> None:
+    root = shared_data("cfd")
     dm = CrackForestDataModule(root, batch_size=4, crop_size=256)
     dm.setup("fit")
     dm.setup("test")
@@ -477,8 +469,8 @@ def test_real_crackforest() -> None:
     check_batch(next(iter(dm.train_dataloader())), 4, (256, 256))
 
 
-def test_real_deepcrack() -> None:
-    root = real("deepcrack")
+def test_real_deepcrack(shared_data: Callable[..., Path]) -> None:
+    root = shared_data("deepcrack")
     dm = DeepCrackDataModule(root, batch_size=2, crop_size=256)  # the parent of DeepCrack/
     dm.setup("fit")
     dm.setup("test")
@@ -492,8 +484,8 @@ def test_real_deepcrack() -> None:
     check_batch(next(iter(dm.train_dataloader())), 2, (256, 256))
 
 
-def test_real_magnetic_tile() -> None:
-    root = real("magnetic_tile")
+def test_real_magnetic_tile(shared_data: Callable[..., Path]) -> None:
+    root = shared_data("magnetic_tile")
     dm = MagneticTileDataModule(root, batch_size=4)
     dm.setup("fit")
     dm.setup("test")

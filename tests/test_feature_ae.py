@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import timm
 import torch
-from fakes import SHARED_DATA
 from PIL import Image
 from torch.nn import functional as F
 
@@ -22,7 +22,6 @@ from crackseg.models.feature_ae import DFRModel, FeatureExtractor, SkipAEModel, 
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-MAGNETIC_TILE = SHARED_DATA / "magnetic_tile"
 VGG11_RELUS = ["features.1", "features.4", "features.7"]  # relu1_1, relu2_1, relu3_1 of timm's vgg11
 
 
@@ -332,16 +331,16 @@ def test_cli_fit_test_on_synthetic_unsupervised(method: str, workdir: Path) -> N
     assert len(list((workdir / f"runs/{method}_synthetic/predictions/test/maps").glob("*.png"))) == 4
 
 
-@pytest.mark.skipif(not MAGNETIC_TILE.is_dir(), reason="real magnetic tile sample (../shared/data) not present")
 @pytest.mark.parametrize("method", ["skipae", "dfr"])
-def test_fit_and_test_on_real_magnetic_tile(method: str, workdir: Path) -> None:
+def test_fit_and_test_on_real_magnetic_tile(method: str, workdir: Path, shared_data: Callable[..., Path]) -> None:
     """The magnetic tile config on the real sample (64 px, a few batches): normal-only training, both classes tested."""
+    magnetic_tile = shared_data("magnetic_tile")
     weights = "offline"
     try:
         offline_package_file()
     except pytest.skip.Exception:
         weights = "null"
-    common = ["--config", str(CONFIGS / method / "magnetic_tile.yaml"), "--data.init_args.root", str(MAGNETIC_TILE),
+    common = ["--config", str(CONFIGS / method / "magnetic_tile.yaml"), "--data.init_args.root", str(magnetic_tile),
               "--data.init_args.image_size", "[64, 64]", "--data.init_args.test_fraction", "0.005",
               "--data.init_args.check_files", "header", "--data.init_args.eval_batch_size", "8",
               "--model.init_args.weights", weights, *TINY_TRAINER, *TINY_MODEL[method]]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from fakes import SHARED_DATA, offline_or_random_weights
+from fakes import offline_or_random_weights
 
 from crackseg.cli import main
 from crackseg.lightning_modules import ExtractorPretraining, MSFlow
@@ -16,8 +17,6 @@ from crackseg.models.msflow import FusionCoupling, MSFlowModel, MultiScaleFlow, 
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "msflow"
-MAGNETIC_TILE = SHARED_DATA / "magnetic_tile"
-DEEPCRACK = SHARED_DATA / "deepcrack" / "DeepCrack"
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -255,11 +254,10 @@ def test_table_one_variants_on_synthetic(workdir: Path) -> None:
     _table_one(workdir, "synthetic", data, source, [])
 
 
-@pytest.mark.skipif(not (MAGNETIC_TILE.is_dir() and DEEPCRACK.is_dir()),
-                    reason="real magnetic tile / DeepCrack samples (../shared/data) not present")
-def test_table_one_variants_on_real_magnetic_tile(workdir: Path) -> None:
-    data = {"root": str(MAGNETIC_TILE), "image_size": [64, 64], "test_fraction": 0.005, "check_files": "header",
+def test_table_one_variants_on_real_magnetic_tile(workdir: Path, shared_data: Callable[..., Path]) -> None:
+    magnetic_tile, deepcrack = shared_data("magnetic_tile"), shared_data("deepcrack", "DeepCrack")
+    data = {"root": str(magnetic_tile), "image_size": [64, 64], "test_fraction": 0.005, "check_files": "header",
             "batch_size": 4, "eval_batch_size": 8}
     limits = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches",
               "2"]
-    _table_one(workdir, "magnetic_tile", data, {"root": str(DEEPCRACK)}, limits)
+    _table_one(workdir, "magnetic_tile", data, {"root": str(deepcrack)}, limits)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from fakes import SHARED_DATA, crack_pair
+from fakes import crack_pair
 from PIL import Image
 
 from crackseg.cli import main
@@ -28,7 +29,6 @@ from crackseg.models.scnet import (
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "scnet"
 ABLATIONS = sorted(p.stem for p in (CONFIGS / "ablations").glob("*.yaml"))
-CFD = SHARED_DATA / "cfd"
 TINY = 1 / 16  # 64 … 512 channels → 4 … 32
 
 
@@ -265,9 +265,8 @@ def test_cli_fast_dev_run_with_maps(workdir: Path) -> None:
     assert np.asarray(Image.open(panels[0])).shape == (64, 15 * 64 + 14 * 4, 3)
 
 
-@pytest.mark.skipif(not CFD.is_dir(), reason="real CFD sample (../shared/data/cfd) not present")
-def test_fit_and_test_on_real_cfd(workdir: Path) -> None:
-    common = ["--config", str(CONFIGS / "crackforest.yaml"), "--data.init_args.root", str(CFD),
+def test_fit_and_test_on_real_cfd(workdir: Path, shared_data: Callable[..., Path]) -> None:
+    common = ["--config", str(CONFIGS / "crackforest.yaml"), "--data.init_args.root", str(shared_data("cfd")),
               "--model.init_args.width_multiplier", str(TINY), "--data.init_args.crop_size", "64",
               "--data.init_args.batch_size", "2", "--trainer.accelerator", "cpu",
               "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from fakes import SHARED_DATA
 from PIL import Image
 from torchvision.models import resnet18
 
@@ -21,7 +21,6 @@ from crackseg.models.vae import ConvVAE, count_parameters, gradcam_attention
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "vae_gradcam"
-MAGNETIC_TILE = SHARED_DATA / "magnetic_tile"
 TINY = 0.125  # ResNet-18 widths 64 … 512 → 8 … 64
 
 
@@ -297,10 +296,10 @@ def test_cli_fit_test_predict_on_unsupervised_synthetic(workdir: Path) -> None:
         assert [r["name"] for r in csv.DictReader(handle)] == ["a"]
 
 
-@pytest.mark.skipif(not MAGNETIC_TILE.is_dir(), reason="real sample ../shared/data/magnetic_tile absent")
-def test_fit_and_test_on_real_magnetic_tile(workdir: Path) -> None:
+def test_fit_and_test_on_real_magnetic_tile(workdir: Path, shared_data: Callable[..., Path]) -> None:
     """MT_Free-only training; a test set mixing held-out MT_Free and defective images with masks."""
-    common = ["--config", str(CONFIGS / "magnetic_tile.yaml"), "--data.init_args.root", str(MAGNETIC_TILE),
+    root = shared_data("magnetic_tile")
+    common = ["--config", str(CONFIGS / "magnetic_tile.yaml"), "--data.init_args.root", str(root),
               "--data.init_args.image_size", "[32, 32]", "--model.init_args.image_size", "[32, 32]",
               "--data.init_args.test_fraction", "0.01", "--data.init_args.check_files", "header",
               "--data.init_args.batch_size", "4", "--data.init_args.eval_batch_size", "8",

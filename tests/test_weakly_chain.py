@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
-from fakes import SHARED_DATA, offline_or_random_weights
+from fakes import offline_or_random_weights
 
 from crackseg.cli import main
 from crackseg.datamodules import DeepCrackDataModule
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "weakly"
-DEEPCRACK = SHARED_DATA / "deepcrack" / "DeepCrack"
 TINY_TRAINER = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
                 "--trainer.max_epochs", "1"]
 
@@ -68,11 +68,10 @@ def test_chain_on_synthetic(workdir: Path) -> None:
     _chain(workdir, "synthetic", source, pseudo, [])
 
 
-@pytest.mark.skipif(not DEEPCRACK.is_dir(), reason="real DeepCrack sample (../shared/data) not present")
-def test_chain_on_real_deepcrack(workdir: Path) -> None:
+def test_chain_on_real_deepcrack(workdir: Path, shared_data: Callable[..., Path]) -> None:
     """Four real training and two real test images (linked into a DeepCrack layout in tmp_path)."""
     root = workdir / "deepcrack"
-    real = DeepCrackDataModule(DEEPCRACK, val_fraction=0.0).split_samples()
+    real = DeepCrackDataModule(shared_data("deepcrack", "DeepCrack"), val_fraction=0.0).split_samples()
     for split, samples in (("train", real["train"][:4]), ("test", real["test"][:2])):
         for sample in samples:
             for path, folder in ((sample.image, f"{split}_img"), (sample.mask, f"{split}_lab")):
