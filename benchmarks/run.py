@@ -3,6 +3,7 @@
     python -m benchmarks.run --suite smoke                          # a few seconds per method, synthetic only
     python -m benchmarks.run --suite cpu-small --write --anomalib-python /work/venvs/anomalib/bin/python
     python -m benchmarks.run --suite gpu-full --accelerator gpu --write
+    python -m benchmarks.run --suite cpu-converge --write --no-peers  # hours: run it in the background
     python -m benchmarks.run --suite cpu-small --methods SCNet MSFlow --minutes-per-run 2
 
 For each (method, dataset) of the suite the method's ``configs/<method>/<dataset>.yaml`` is trained through
@@ -17,7 +18,9 @@ with its table number and dataset).
 
 Suites: ``smoke`` (synthetic 64² images, one epoch of two batches; for the tests), ``cpu-small`` (synthetic +
 the real samples in ``../shared/data``, sized for about an hour on 2 CPU cores; reduced widths, listed in the
-table's overrides), ``gpu-full`` (the configs' paper budgets and widths, 256² synthetic data). Rows whose data
+table's overrides), ``cpu-converge`` (SCNet, its HCNN baseline, DeepCrack-Liu and U-Net on CrackForest and
+DeepCrack, each until ``val/ods_dataset`` stops improving or 90 minutes, at half width; writes a learning-curve PNG),
+``gpu-full`` (the configs' paper budgets and widths, 256² synthetic data). Rows whose data
 folder is missing are skipped with a note.
 
 anomalib peers: FastFlow and PaDiM run by ``benchmarks/anomalib_peer.py`` under a separate Python environment
@@ -59,11 +62,11 @@ from benchmarks.weakly_deepcrack import PAPER_LABELS, PAPER_UNET
 from crackseg.cli import main as crackseg_main
 from crackseg.metrics import ImageMetrics, SegmentationMetrics
 
-SUITES = ("smoke", "cpu-small", "gpu-full")
-METHODS = ("UNet", "DeepCrackLiu", "SCNet", "SkipAE", "DFR", "VAEGradCAM", "MSFlow", "Weakly")
+SUITES = ("smoke", "cpu-small", "cpu-converge", "gpu-full")
+METHODS = ("UNet", "DeepCrackLiu", "SCNet", "HCNN", "SkipAE", "DFR", "VAEGradCAM", "MSFlow", "Weakly")
 PEERS = ("FastFlow", "PaDiM")
 #: (warm-up, timed) runs of the inference timing per suite.
-TIMING = {"smoke": (1, 1), "cpu-small": (1, 3), "gpu-full": (3, 10)}
+TIMING = {"smoke": (1, 1), "cpu-small": (1, 3), "cpu-converge": (1, 3), "gpu-full": (3, 10)}
 #: display names of the logged test metrics.
 METRIC_NAMES = {"ods": "ODS", "ois": "OIS", "ap": "AP", "ods_dataset": "F1 (dataset, best thr.)",
                 "f1": "F1 (val. thr.)", "iou": "IoU", "region_f1": "region F1",
@@ -73,7 +76,8 @@ METRICS = {
     "UNet": ("ods", "ois", "ap"),  # König et al. Table VI
     # Liu et al.; pixel F1 in Sharma et al. Table III = best-threshold F1 summed over the test set (ods_dataset)
     "DeepCrackLiu": ("ods", "ois", "ap", "ods_dataset", "f1"),
-    "SCNet": ("ods_dataset", "f1", "iou", "region_f1"),  # Sharma et al. Tables III, IV
+    "SCNet": ("ods_dataset", "f1", "iou", "region_f1", "ods", "ois", "ap"),  # Sharma et al. Tables III, IV
+    "HCNN": ("ods_dataset", "f1", "iou", "region_f1", "ods", "ois", "ap"),  # SCNet's baseline, Table VII
     "SkipAE": ("image_auroc", "auroc", "aupro"),
     "DFR": ("image_auroc", "auroc", "aupro"),
     "VAEGradCAM": ("image_auroc", "auroc", "aupro"),
@@ -126,6 +130,10 @@ class Job:
     epochs: int | None = None
     minutes: float | None = None
     limit_batches: int | None = None
+    #: a config fragment composed after ``config`` (an ablation: ``configs/scnet/ablations/hcnn_baseline.yaml``)
+    fragment: str | None = None
+    #: stop when ``val/ods_dataset`` has not improved for this many validations (EarlyStopping); None: budget only
+    patience: int | None = None
 
     @property
     def name(self) -> str:
@@ -221,6 +229,8 @@ def suite_jobs(suite: str, workdir: Path, minutes: float | None, accelerator: st
             Job("Weakly", "DeepCrack", "configs/weakly/classifier_deepcrack.yaml",
                 {"unet": {"base_channels": 16}, "train_subset": 60}, {"root": str(dc)}, dc, **long),
         ]
+    if suite == "cpu-converge":
+        return converge_jobs(dc, cfd, 90.0 if minutes is None else minutes)
     # gpu-full: the configs' own epochs, widths and data (paper budgets); minutes only when given
     syn = {"root": str(synthetic), "mode": "unsupervised"}
     budget = {"minutes": minutes}
@@ -241,6 +251,74 @@ def suite_jobs(suite: str, workdir: Path, minutes: float | None, accelerator: st
         Job("MSFlow", "synthetic", "configs/msflow/synthetic.yaml", {}, syn, **budget),
         Job("Weakly", "DeepCrack", "configs/weakly/classifier_deepcrack.yaml", {}, {"root": str(dc)}, dc, **budget),
     ]
+
+
+#: widths of the cpu-converge rows: the widest at which a 2-core CPU gives each model a few thousand steps in
+#: 90 minutes (SCNet / HCNN and DeepCrack-Liu at half their VGG widths, U-Net at 32 base channels).
+CONVERGE_WIDTHS = {"SCNet": {"width_multiplier": 0.5}, "HCNN": {"width_multiplier": 0.5},
+                   "DeepCrackLiu": {"width_multiplier": 0.5}, "UNet": {"base_channels": 32}}
+CONVERGE_PATIENCE = 8
+
+
+def converge_jobs(dc: Path, cfd: Path, minutes: float) -> list[Job]:
+    """cpu-converge: SCNet, its HCNN baseline (same budget, Table VII's ablation fragment), DeepCrack-Liu (its
+    reference protocol: whole images) and U-Net on CrackForest and DeepCrack, each until ``val/ods_dataset``
+    stops improving (:data:`CONVERGE_PATIENCE` validations) or ``minutes``."""
+    jobs = []
+    for dataset, root, data in (("CrackForest", cfd, {"root": str(cfd), **CFD_SPLIT}),
+                                ("DeepCrack", dc, {"root": str(dc)})):
+        stem = dataset.lower()
+        for method, config, fragment in (
+                ("SCNet", f"configs/scnet/{stem}.yaml", None),
+                ("HCNN", f"configs/scnet/{stem}.yaml", "configs/scnet/ablations/hcnn_baseline.yaml"),
+                ("DeepCrackLiu", f"configs/deepcrack_liu/{stem}.yaml", None),
+                ("UNet", f"configs/unet/{stem}.yaml", None)):
+            jobs.append(Job(method, dataset, config, dict(CONVERGE_WIDTHS[method]), data, root, minutes=minutes,
+                            fragment=fragment, patience=CONVERGE_PATIENCE))
+    return jobs
+
+
+def learning_curves(runs: dict[str, Path], out: Path, metric: str = "val/ods_dataset") -> Path:
+    """A PNG of ``metric`` against the training step, one line per run (the CSVLogger ``metrics.csv`` files under
+    each run folder). Drawn with OpenCV, a dependency already: the benchmarks need no plotting library."""
+    import csv
+
+    import cv2
+
+    curves = {}
+    for name, folder in runs.items():
+        points = []
+        for path in sorted(folder.rglob("metrics.csv")):
+            with open(path, newline="") as handle:
+                points += [(int(r["step"]), float(r[metric])) for r in csv.DictReader(handle) if r.get(metric)]
+        if points:
+            curves[name] = sorted(points)
+    width, height, margin = 900, 520, 60
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    last = max((p[-1][0] for p in curves.values()), default=1) or 1
+    top = max(1e-6, max((v for p in curves.values() for _, v in p), default=1.0))
+
+    def xy(step: int, value: float) -> tuple[int, int]:
+        return (margin + int((width - 2 * margin) * step / last),
+                height - margin - int((height - 2 * margin) * value / top))
+
+    cv2.rectangle(canvas, (margin, margin), (width - margin, height - margin), (0, 0, 0), 1)
+    for i in range(5):  # y ticks
+        value = top * i / 4
+        cv2.putText(canvas, f"{value:.2f}", (5, xy(0, value)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    cv2.putText(canvas, f"{metric} vs training step (last {last})", (margin, margin - 20),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1)
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+               (227, 119, 194), (127, 127, 127)]
+    for i, (name, points) in enumerate(curves.items()):
+        colour = colours[i % len(colours)][::-1]  # RGB → OpenCV's BGR
+        for a, b in zip(points, points[1:], strict=False):
+            cv2.line(canvas, xy(*a), xy(*b), colour, 2, cv2.LINE_AA)
+        cv2.putText(canvas, name, (width - margin - 240, margin + 20 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    colour, 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), canvas)
+    return out
 
 
 @dataclass
@@ -290,6 +368,11 @@ class Runner:
                f"--trainer.callbacks.output={self.workdir / name / 'throughput.json'}"]
         if job.limit_batches is not None:
             out += [f"--trainer.limit_{s}_batches={job.limit_batches}" for s in ("train", "val", "test")]
+        if job.patience is not None:
+            out += ["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/ods_dataset",
+                    "--trainer.callbacks.mode=max", f"--trainer.callbacks.patience={job.patience}"]
+        if job.fragment is not None:
+            out = ["--config", str(REPO / job.fragment), *out]
         return out
 
     def fit(self, job: Job, name: str, config: str, model: dict[str, Any], data: dict[str, Any],
@@ -568,6 +651,11 @@ def run(args: argparse.Namespace) -> tuple[str, list[Row], list[Row]]:
             reset_peak_memory(runner.device)
             peer_rows, note = runner.run_peers(peer_job)
             notes.append(note)
+    if args.suite == "cpu-converge" and jobs:
+        png = learning_curves({f"{j.method} {j.dataset}": runner.workdir / j.name for j in jobs},
+                              Path(args.curves or REPO / "benchmarks" / "cpu_converge_curves.png"))
+        shown = png.relative_to(REPO) if png.is_relative_to(REPO) else png
+        notes.append(f"learning curves (val/ods_dataset against step): {shown}")
     text = table(args, jobs, rows, peer_rows, [n for n in notes if n], time.perf_counter() - start)
     if args.write:
         common.write_section(args.section or f"run_{args.suite}", text, results=Path(args.results))
@@ -595,6 +683,8 @@ def main(argv: list[str] | None = None) -> tuple[str, list[Row], list[Row]]:
                         default=os.environ.get("CRACKSEG_ANOMALIB_PYTHON"),
                         help="python of an environment with anomalib (default: $CRACKSEG_ANOMALIB_PYTHON)")
     parser.add_argument("--no-peers", dest="no_peers", action="store_true", help="skip the anomalib rows")
+    parser.add_argument("--curves", default=None,
+                        help="cpu-converge: PNG of the learning curves (default benchmarks/cpu_converge_curves.png)")
     args = parser.parse_args(argv)
     args.workdir = str(Path(args.workdir) / args.suite)
     return run(args)

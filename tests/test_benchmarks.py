@@ -86,3 +86,33 @@ def test_rows_of_one_dataset_share_one_split(workdir: Path, suite: str) -> None:
         key = tuple((k, effective.get(k)) for k in bench.SPLIT_KEYS)
         splits.setdefault(f"{job.dataset} ({config['data']['class_path']})", set()).add(key)
     assert splits and all(len(found) == 1 for found in splits.values()), splits
+
+
+def test_cpu_converge_suite_rows(tmp_path: Path) -> None:
+    """SCNet and its HCNN baseline (the ablation fragment) at equal budget, DeepCrack-Liu and U-Net, on both
+    datasets, each with early stopping on val/ods_dataset and the 90-minute cap."""
+    jobs = bench.suite_jobs("cpu-converge", tmp_path, None, "cpu")
+    assert [(j.method, j.dataset) for j in jobs] == [
+        (m, d) for d in ("CrackForest", "DeepCrack") for m in ("SCNet", "HCNN", "DeepCrackLiu", "UNet")]
+    assert {j.minutes for j in jobs} == {90.0} and {j.patience for j in jobs} == {bench.CONVERGE_PATIENCE}
+    hcnn = [j for j in jobs if j.method == "HCNN"]
+    assert all(j.fragment == "configs/scnet/ablations/hcnn_baseline.yaml" for j in hcnn)
+    args = bench.Runner(bench.argparse.Namespace(workdir=str(tmp_path), accelerator="cpu",
+                                                 suite="cpu-converge")).trainer_args(hcnn[0], "x")
+    assert args[:2] == ["--config", str(bench.REPO / "configs/scnet/ablations/hcnn_baseline.yaml")]
+    assert "--trainer.callbacks.monitor=val/ods_dataset" in args
+
+
+def test_learning_curves_png(tmp_path: Path) -> None:
+    import cv2
+
+    for name, values in (("a", [0.1, 0.3, 0.5]), ("b", [0.2, 0.2])):
+        folder = tmp_path / name / "lightning_logs" / "version_0"
+        folder.mkdir(parents=True)
+        rows = "\n".join(f"{10 * (i + 1)},{v}" for i, v in enumerate(values))
+        (folder / "metrics.csv").write_text(f"step,val/ods_dataset\n{rows}\n")
+    png = bench.learning_curves({"model a": tmp_path / "a", "model b": tmp_path / "b"}, tmp_path / "curves.png")
+    image = cv2.imread(str(png))
+    assert image.shape == (520, 900, 3)
+    blue = (image[..., 0] > 150) & (image[..., 2] < 80)  # model a's line (RGB 31, 119, 180)
+    assert blue.sum() > 100
