@@ -11,8 +11,8 @@ median window gives images/s. Speed-up = bf16-mixed images/s ÷ 32-true images/s
 
 Networks are the methods' defaults with random weights (``weights: null``: the same cost as pretrained ones, no
 download): U-Net (base 64, depth 4), DeepCrack-Liu, SCNet (Canny edge prior), SkipAE (ResNeXt101 blocks 1-3), DFR
-(VGG19 relu1_1 … relu4_4, latent width from PCA of the first batch as in training), MSFlow (WideResNet50 stages
-1-3, flows 2/5/8), VAEGradCAM (at 256², constraint active: its double backward is the steady-state cost after the
+(VGG19 relu1_1 … relu4_4, latent width from PCA of the first batch as in training), EncoderDecoder (smp U-Net on
+EfficientNet-Lite0), MSFlow (WideResNet50 stages 1-3, flows 2/5/8), VAEGradCAM (at 256², constraint active: its double backward is the steady-state cost after the
 warm-up epochs) and CrackClassifier (ResNet50) at its 128² windows. A method that fails under a precision is
 reported as failed, with the error.
 """
@@ -43,6 +43,7 @@ from crackseg.lightning_modules import (  # noqa: E402
     DFR,
     CrackClassifier,
     DeepCrackLiu,
+    EncoderDecoder,
     MSFlow,
     SCNet,
     SkipAE,
@@ -60,6 +61,7 @@ def _methods(size: int) -> dict[str, tuple[Callable[[], LightningModule], int]]:
         "UNet": (lambda: UNet(), size),
         "DeepCrackLiu": (lambda: DeepCrackLiu(), size),
         "SCNet": (lambda: SCNet(), size),
+        "EncoderDecoder": (lambda: EncoderDecoder(weights=None), size),
         "SkipAE": (lambda: SkipAE(weights=None), size),
         "DFR": (lambda: DFR(weights=None), size),
         "MSFlow": (lambda: MSFlow(weights=None), size),
