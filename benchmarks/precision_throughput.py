@@ -12,9 +12,9 @@ median window gives images/s. Speed-up = bf16-mixed images/s ÷ 32-true images/s
 Networks are the methods' defaults with random weights (``weights: null``: the same cost as pretrained ones, no
 download): U-Net (base 64, depth 4), DeepCrack-Liu, SCNet (Canny edge prior), SkipAE (ResNeXt101 blocks 1-3), DFR
 (VGG19 relu1_1 … relu4_4, latent width from PCA of the first batch as in training), EncoderDecoder (smp U-Net on
-EfficientNet-Lite0), MSFlow (WideResNet50 stages 1-3, flows 2/5/8), VAEGradCAM (at 256², constraint active: its double backward is the steady-state cost after the
-warm-up epochs) and CrackClassifier (ResNet50) at its 128² windows. A method that fails under a precision is
-reported as failed, with the error.
+EfficientNet-Lite0), MSFlow (WideResNet50 stages 1-3, flows 2/5/8), VAEGradCAM (at 256², constraint active: its
+double backward is the steady-state cost after the warm-up epochs) and CrackClassifier (ResNet50) at its 128²
+windows. A method that fails under a precision is reported as failed, with the error.
 """
 
 from __future__ import annotations
