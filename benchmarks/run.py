@@ -181,6 +181,8 @@ def suite_jobs(suite: str, workdir: Path, minutes: float | None, accelerator: st
                 **run),
             Job("SCNet", "synthetic", "configs/scnet/synthetic.yaml", {"width_multiplier": 0.125, "levels": 4}, sup,
                 **run),
+            Job("HCNN", "synthetic", "configs/scnet/synthetic.yaml", {"width_multiplier": 0.125, "levels": 4}, sup,
+                fragment="configs/scnet/ablations/hcnn_baseline.yaml", **run),
             Job("SkipAE", "synthetic", "configs/skipae/synthetic.yaml",
                 {"weights": weights, "base_channels": 8, "depth": 4}, uns, **run),
             Job("DFR", "synthetic", "configs/dfr/synthetic.yaml", {"weights": weights}, uns, **run),

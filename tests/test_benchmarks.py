@@ -30,6 +30,10 @@ def test_smoke_suite_rows_and_section(workdir: Path) -> None:
 
     assert peers == []
     assert [r.method.split(" ")[0] for r in rows] == list(bench.METHODS)
+    import torch
+
+    hcnn = torch.load(workdir / "runs/smoke/HCNN_synthetic/checkpoints/best.ckpt", weights_only=True)
+    assert (hcnn["hyper_parameters"]["attention"], hcnn["hyper_parameters"]["edges"]) == ("none", False)  # fragment
     for row in rows:
         expected = set(bench.METRICS["Weakly" if row.method.startswith("Weakly") else row.method])
         assert set(row.metrics) == expected, row.method
