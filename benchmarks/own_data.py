@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,7 @@ def run(args: argparse.Namespace) -> str:
     budget_steps = {name: max(10, int(args.minutes * 60 * args.train_share / s)) for name, s in step_seconds.items()}
     args.budget_note = ", ".join(f"{n} {s:.2f} s/step → {budget_steps[n]} steps" for n, s in step_seconds.items())
     best: dict[str, Path] = {}
+    in_domain: dict[str, float | None] = {}
     for dataset, size, name in plan:
         spec = model_config(name, args.unet_width)
         run_dir = workdir / f"{dataset}_{size}_{name}"
@@ -245,10 +247,9 @@ def run(args: argparse.Namespace) -> str:
                      "metrics": metrics})
         if size == "all" and name == "encoder_decoder":
             best[dataset] = config
+            in_domain[dataset] = metrics.get("ods_dataset")
         flush()
     if args.cross and len(best) == len(DATASETS):
-        in_domain = {r["dataset"]: r["metrics"].get("ods_dataset") for r in rows
-                     if r["model"] == "encoder_decoder" and f"{r['dataset']}_all_" in str(best.get(r["dataset"]))}
         for train, config in best.items():
             for other in DATASETS:
                 if other != train:
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--section", default="own_data")
     parser.add_argument("--no-write", dest="no_write", action="store_true")
     args = parser.parse_args(argv)
-    args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     run(args)
 
 

@@ -55,8 +55,9 @@ class JoinedDataModule(CrackDataModule):
             raise ValueError(f"data.init_args.samples_per_epoch must be >= 1, got {samples_per_epoch}")
         if batch_size < 1:
             raise ValueError(f"data.init_args.batch_size must be >= 1, got {batch_size}")
-        crops = {(s.crop_size, s.image_size) for s in sources}
-        if len(crops) > 1 or any(crop is None and size is None for crop, size in crops):
+        # the training images' side: the crop, else the size every image is resized to
+        sizes = {s.crop_size if s.crop_size is not None else s.image_size for s in sources}
+        if len(sizes) > 1 or None in sizes:
             raise ValueError("the sources of JoinedDataModule must give training images of one size (the same "
                              f"crop_size, or the same image_size without crop); got (crop_size, image_size) "
                              f"{[(s.crop_size, s.image_size) for s in sources]}")

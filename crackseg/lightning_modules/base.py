@@ -442,8 +442,8 @@ class CrackSegModule(LightningModule):
     # -- optimisation --------------------------------------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The optimiser's parameter groups (default: one group of the trainable parameters). A method with a
-        pretrained part overrides it to give that part its own learning rate (``"lr"`` in a group is a
-        multiple of ``model.lr`` there: ``{"params": ..., "lr_scale": 0.1}``)."""
+        pretrained part overrides it to give that part its own learning rate: ``"lr_scale"`` in a group multiplies
+        ``model.lr`` there (``{"params": ..., "lr_scale": 0.1}``)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     def configure_optimizers(self) -> Any:

@@ -10,6 +10,7 @@ weights), a local file, ``"hub"``, ``"auto"`` or None (random).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,7 +60,7 @@ class EncoderDecoderModel(nn.Module):
         kwargs: dict[str, Any] = dict(arch_kwargs or {})
         if decoder_channels is not None:
             kwargs["decoder_channels"] = tuple(int(c) for c in decoder_channels)
-        if "encoder_depth" in cls.__init__.__code__.co_varnames:
+        if "encoder_depth" in inspect.signature(cls).parameters:
             kwargs["encoder_depth"] = encoder_depth
         if not timm.is_model(encoder):
             create_backbone(encoder, weights=None)  # raises the factory's error naming similar models
