@@ -173,6 +173,39 @@ def test_pretrain_unet_shapes_and_trainable_encoder() -> None:
         PretrainUNet("resnet18", stages=(1, 3), weights=None)
 
 
+def test_reflect_padding_changes_the_border_reads_not_the_weights(tmp_path: Path) -> None:
+    from torch import nn
+
+    from crackseg.models.backbones import create_backbone
+
+    torch.manual_seed(0)
+    zeros = MSFlowModel("resnet18", weights=None, blocks=(1, 1, 1), cond_channels=8).eval()
+    torch.manual_seed(0)
+    reflect = MSFlowModel("resnet18", weights=None, blocks=(1, 1, 1), cond_channels=8, padding_mode="reflect").eval()
+    padded = [m for m in reflect.extractor.modules() if isinstance(m, nn.Conv2d) and any(m.padding)]
+    assert padded and all(m.padding_mode == "reflect" for m in padded)  # the 7×7 stem and every 3×3
+    assert all(m.padding_mode == "zeros" for m in reflect.extractor.modules()
+               if isinstance(m, nn.Conv2d) and not any(m.padding))  # 1×1 convolutions need no fill
+    state = zeros.extractor.state_dict()
+    assert list(state) == list(reflect.extractor.state_dict())
+    assert all(torch.equal(state[k], v) for k, v in reflect.extractor.state_dict().items())  # same weights
+    x = torch.rand(1, 3, 64, 64)
+    a, b = zeros.features(x), reflect.features(x)
+    assert [t.shape for t in a] == [t.shape for t in b]
+    assert not torch.allclose(a[0], b[0])  # the border reads changed the maps
+    with pytest.raises(ValueError, match="padding_mode"):
+        create_backbone("resnet18", (1,), None, padding_mode="mirror")
+    flow = MSFlow(backbone="resnet18", weights=None, blocks=(1, 1, 1), cond_channels=8, normalization="imagenet",
+                  padding_mode="reflect")
+    assert all(m.padding_mode == "reflect" for m in flow.net.extractor.modules()
+               if isinstance(m, nn.Conv2d) and any(m.padding))
+    pre = ExtractorPretraining(backbone="resnet18", weights=None, normalization="imagenet", padding_mode="reflect")
+    path = tmp_path / "pretrain.ckpt"
+    torch.save({"state_dict": pre.state_dict(), "hyper_parameters": dict(pre.hparams)}, path)
+    with pytest.raises(ValueError, match="padding_mode"):  # pre-trained with reflect, used with zeros
+        MSFlow(backbone="resnet18", weights=None, extractor_checkpoint=str(path), normalization="imagenet")
+
+
 def test_pretraining_hands_every_extractor_tensor_to_msflow(tmp_path: Path) -> None:
     pre = ExtractorPretraining(backbone="resnet18", weights=None, normalization="imagenet")
     _perturbed(pre.net.encoder, 0.5)  # unlike any fresh initialisation

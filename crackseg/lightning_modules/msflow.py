@@ -41,7 +41,8 @@ from crackseg.models.msflow import MSFlowModel, PretrainUNet
 __all__ = ["MSFlow", "ExtractorPretraining", "check_extractor_checkpoint"]
 
 
-def check_extractor_checkpoint(path: str | Path, backbone: str, stages: Sequence[int], normalization: str) -> None:
+def check_extractor_checkpoint(path: str | Path, backbone: str, stages: Sequence[int], normalization: str,
+                               padding_mode: str = "zeros") -> None:
     """Raise a ValueError if an :class:`ExtractorPretraining` checkpoint was made for another extractor.
 
     Plain state-dict files (no ``hyper_parameters``) are accepted; their tensors are checked on loading.
@@ -55,7 +56,8 @@ def check_extractor_checkpoint(path: str | Path, backbone: str, stages: Sequence
     except Exception:  # not a torch.save file (safetensors): nothing to compare
         return
     hparams = stored.get("hyper_parameters", {}) if isinstance(stored, dict) else {}
-    for name, ours in (("backbone", backbone), ("stages", list(stages)), ("normalization", normalization)):
+    for name, ours in (("backbone", backbone), ("stages", list(stages)), ("normalization", normalization),
+                       ("padding_mode", padding_mode)):
         theirs = hparams.get(name)
         if theirs is not None and (list(theirs) if name == "stages" else theirs) != ours:
             raise ValueError(f"model.extractor_checkpoint {path} was pre-trained with {name}={theirs!r}, but this "
@@ -74,6 +76,7 @@ class ExtractorPretraining(CrackSegModule):
         backbone: timm name of the extractor (paper: ``wide_resnet50_2``); must equal MSFlow's.
         stages: its feature levels (1, 2, 3); must equal MSFlow's.
         weights: initial encoder weights (``"hub"``, ``"offline"``, ``"auto"``, a file, null = random).
+        padding_mode: border fill of the encoder's convolutions; must equal MSFlow's.
         pos_weight: weight of the anomalous pixels in the BCE (1 = plain BCE, the paper).
         normalization: input normalisation (``"imagenet"``; ``"symmetric"`` for the offline weights).
         optimizer: optimiser (Adam, "the same implementation" as MSFlow).
@@ -92,6 +95,7 @@ class ExtractorPretraining(CrackSegModule):
         backbone: str = "wide_resnet50_2",
         stages: Sequence[int] = (1, 2, 3),
         weights: str | None = "auto",
+        padding_mode: Literal["zeros", "reflect"] = "zeros",
         pos_weight: float = 1.0,
         normalization: Literal["symmetric", "imagenet", "unit"] = "imagenet",
         optimizer: Literal["sgd", "adam", "adamw"] = "adam",
@@ -110,7 +114,7 @@ class ExtractorPretraining(CrackSegModule):
 
     def configure_models(self) -> None:
         hp = self.hparams
-        self.net = PretrainUNet(hp.backbone, tuple(hp.stages), hp.weights)
+        self.net = PretrainUNet(hp.backbone, tuple(hp.stages), hp.weights, hp.padding_mode)
 
     def compute_loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
         """BCE between the logits and the synthetic-anomaly masks (images without a mask are skipped)."""
@@ -157,6 +161,9 @@ class MSFlow(CrackSegModule):
         cond_channels: positional-encoding channels (64).
         clamp: affine clamping (1.9).
         pool: pooling after each stage: ``"avg"`` (AvgPool(3, 2, 1)), ``"max"`` or ``"none"``.
+        padding_mode: border fill of the extractor's convolutions: ``"zeros"`` (torchvision's and timm's
+            ResNets; the paper does not say) or ``"reflect"`` (MSFlow's code pads its stem and 3×3
+            convolutions by reflection). The same pretrained weights either way.
         map_normalization: ``"image"`` (per-image maximum, reference) or ``"none"``.
         top_k: fraction of pixels averaged into the image score (0.03).
         grad_clip_norm: gradient-norm clipping (2, reference code); 0 disables it. A trainer
@@ -189,6 +196,7 @@ class MSFlow(CrackSegModule):
         cond_channels: int = 64,
         clamp: float = 1.9,
         pool: Literal["avg", "max", "none"] = "avg",
+        padding_mode: Literal["zeros", "reflect"] = "zeros",
         map_normalization: Literal["image", "none"] = "image",
         top_k: float = 0.03,
         grad_clip_norm: float = 2.0,
@@ -210,7 +218,7 @@ class MSFlow(CrackSegModule):
         if grad_clip_norm < 0:
             raise ValueError(f"model.grad_clip_norm must be >= 0, got {grad_clip_norm}")
         if extractor_checkpoint is not None:
-            check_extractor_checkpoint(extractor_checkpoint, backbone, stages, normalization)
+            check_extractor_checkpoint(extractor_checkpoint, backbone, stages, normalization, padding_mode)
         super().__init__(normalization=normalization, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                          lr_schedule=lr_schedule, lr_milestones=lr_milestones, lr_gamma=lr_gamma, **kwargs)
         if extractor_checkpoint is None:
@@ -221,7 +229,7 @@ class MSFlow(CrackSegModule):
         hp = self.hparams
         checkpoint = hp.extractor_checkpoint
         self.net = MSFlowModel(hp.backbone, tuple(hp.stages), None if checkpoint else hp.weights, tuple(hp.blocks),
-                               hp.cond_channels, hp.clamp, hp.pool)
+                               hp.cond_channels, hp.clamp, hp.pool, hp.padding_mode)
         if checkpoint:
             path = Path(checkpoint).expanduser()
             state = read_state_dict(path)

