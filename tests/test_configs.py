@@ -13,7 +13,8 @@ import yaml
 import crackseg.datamodules
 import crackseg.lightning_modules
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 
 
 def _defaults(cls: type) -> dict[str, Any]:
@@ -41,7 +42,8 @@ def test_config_restates_no_default_and_no_derived_path(path: Path) -> None:
     restated = []
     for section, module in (("model", crackseg.lightning_modules), ("data", crackseg.datamodules)):
         block = config.get(section)
-        if not isinstance(block, dict) or "class_path" not in block:
+        # a paper.yaml fragment undoes the CPU choices of the dataset config it follows: defaults are its content
+        if not isinstance(block, dict) or "class_path" not in block or path.name == "paper.yaml":
             continue
         cls = getattr(module, block["class_path"].rpartition(".")[2])
         defaults = _defaults(cls)
@@ -54,3 +56,28 @@ def test_config_restates_no_default_and_no_derived_path(path: Path) -> None:
         derived = {"dirpath": f"{root}/checkpoints", "output_dir": f"{root}/predictions"}
         assert not any(init.get(key) == value for key, value in derived.items()), \
             f"{path.name}: {callback['class_path']} repeats a path derived from trainer.default_root_dir"
+
+
+@pytest.mark.parametrize("method", ["msflow", "skipae", "dfr"])
+def test_paper_fragment_composes_after_the_dataset_config(method: str, workdir: Path) -> None:
+    """``<method>/paper.yaml`` after ``<method>/magnetic_tile.yaml``: the paper's extractor, input and split."""
+    from fakes import make_magnetic_tile
+
+    from crackseg.cli import main
+
+    folder = REPO / "configs" / method
+    paper = yaml.safe_load((folder / "paper.yaml").read_text())
+    root = make_magnetic_tile(workdir / "mt", n_free=8)
+    cli = main(["fit", "--config", str(folder / "magnetic_tile.yaml"), "--config", str(folder / "paper.yaml"),
+                "--model.init_args.weights", "null",  # the fragment asks the hub, unreachable here
+                "--data.init_args.root", str(root), "--data.init_args.image_size", "[64, 64]",
+                "--data.init_args.batch_size", "2", "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu",
+                "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"])
+    assert cli.trainer.state.finished
+    for key, value in paper["model"]["init_args"].items():
+        got = cli.model.hparams[key]
+        if key != "weights":
+            assert (list(got) if isinstance(got, (list, tuple)) else got) == value, key
+    assert cli.datamodule.val_fraction == paper["data"]["init_args"]["val_fraction"]
+    if method == "dfr":
+        assert cli.model.net.extractor.channels == 3456  # VGG19 relu1_1 … relu4_4
