@@ -1,4 +1,4 @@
-"""anomalib's FastFlow / PaDiM on arrays the benchmark runner wrote: train, anomaly maps of the test images, timing.
+"""anomalib's FastFlow, PaDiM or PatchCore on arrays the benchmark runner wrote: train, test maps, timing.
 
 Run by ``benchmarks/run.py`` with the Python of a separate environment holding anomalib (anomalib is never a
 dependency of crackseg); this script imports neither crackseg nor anything the runner imports except
@@ -9,9 +9,12 @@ same peak-memory probe as our rows::
         --out result.json [--minutes M] [--epochs E]
 
 ``DIR`` holds ``train.npy`` and ``test.npy`` (uint8, N×3×H×W, already at the input size, the runner's split).
-Both models get the same extractor as our MSFlow / SkipAE configs: the timm ``--backbone`` (stages
-``--stages``), built with ``pretrained=False`` and then loaded with the state dict ``--weights`` (the runner
-saves the weights its own factory loads), and the same input normalisation (``--mean`` / ``--std``).
+Every model gets the same extractor as our MSFlow / SkipAE configs: the timm ``--backbone`` (stages
+``--stages``; PatchCore the last two of them, its paper's mid-level pair, ``--patchcore-stages`` to choose),
+built with ``pretrained=False`` and then loaded with the state dict ``--weights`` (the runner saves the weights
+its own factory loads), and the same input normalisation (``--mean`` / ``--std``). EfficientAD is not offered:
+anomalib fetches its distilled teacher and ImageNette from the internet, which neither this machine nor many
+clusters reach.
 Written: ``--out`` (JSON: throughput, fit time, inference ms at batch 1 / 32, peak memory) and
 ``DIR/<model>_maps.npy`` / ``DIR/<model>_scores.npy`` (anomaly maps N×H×W and image scores of the test
 images, in order), from which the runner computes the metrics with crackseg's own metric code.
@@ -29,7 +32,7 @@ import timm
 import torch
 from anomalib.data import ImageBatch, ImageItem
 from anomalib.engine import Engine
-from anomalib.models import Fastflow, Padim
+from anomalib.models import Fastflow, Padim, Patchcore
 from anomalib.models.image.fastflow.torch_model import create_fast_flow_block
 from anomalib.pre_processing import PreProcessor
 from torch import nn
@@ -83,7 +86,7 @@ def fastflow_on(model: Fastflow, backbone: str, stages: list[int], input_size: t
                                flow_steps=model.flow_steps) for d in dims)
 
 
-def build(args: argparse.Namespace, input_size: tuple[int, int]) -> Fastflow | Padim:
+def build(args: argparse.Namespace, input_size: tuple[int, int]) -> Fastflow | Padim | Patchcore:
     pre_processor = PreProcessor(transform=v2.Compose([v2.Resize(input_size, antialias=True),
                                                        v2.Normalize(mean=args.mean, std=args.std)]))
     common = {"pre_processor": pre_processor, "post_processor": False, "evaluator": False, "visualizer": False}
@@ -92,13 +95,23 @@ def build(args: argparse.Namespace, input_size: tuple[int, int]) -> Fastflow | P
         fastflow_on(model, args.backbone, args.stages, input_size, Path(args.weights))
         return model
     probe = timm.create_model(args.backbone, pretrained=False, features_only=True)
-    layers = [probe.feature_info.info[i]["module"] for i in args.stages]
-    model = Padim(backbone=args.backbone, layers=layers, pre_trained=False, n_features=args.n_features, **common)
+    if args.model == "patchcore":
+        layers = [probe.feature_info.info[i]["module"] for i in peer_stages(args)]
+        model = Patchcore(backbone=args.backbone, layers=layers, pre_trained=False,
+                          coreset_sampling_ratio=args.coreset_ratio, num_neighbors=args.num_neighbors, **common)
+    else:
+        layers = [probe.feature_info.info[i]["module"] for i in args.stages]
+        model = Padim(backbone=args.backbone, layers=layers, pre_trained=False, n_features=args.n_features, **common)
     load_extractor_weights(model.model.feature_extractor.feature_extractor, Path(args.weights))
     return model
 
 
-def inference_ms(model: Fastflow | Padim, batch_size: int, input_size: tuple[int, int], runs: int,
+def peer_stages(args: argparse.Namespace) -> list[int]:
+    """The extractor's feature levels the model reads (PatchCore: by default the last two of ``--stages``)."""
+    return list(args.patchcore_stages or args.stages[-2:]) if args.model == "patchcore" else list(args.stages)
+
+
+def inference_ms(model: Fastflow | Padim | Patchcore, batch_size: int, input_size: tuple[int, int], runs: int,
                  warmup: int, device: str) -> float:
     """Median ms per image of pre-processing (normalisation) + network + anomaly map + image score, no grad."""
     images = torch.rand(batch_size, 3, *input_size, device=device)
@@ -119,8 +132,9 @@ def run(args: argparse.Namespace) -> dict:
     workdir = Path(args.workdir)
     batches = len(train) // args.batch_size if args.model == "fastflow" else -(-len(train) // args.batch_size)
     meter = TrainThroughput(str(workdir / f"{args.model}_throughput.json"), warmup=min(1, batches - 1))
-    limits: dict = {"max_epochs": 1 if args.model == "padim" else args.epochs}
-    if args.minutes is not None and args.model != "padim":
+    one_pass = args.model in ("padim", "patchcore")  # statistics / memory bank of one pass over the images
+    limits: dict = {"max_epochs": 1 if one_pass else args.epochs}
+    if args.minutes is not None and not one_pass:
         limits["max_time"] = {"seconds": int(round(args.minutes * 60))}
     engine = Engine(callbacks=[meter], logger=False, default_root_dir=workdir, accelerator=args.accelerator,
                     devices=1, enable_progress_bar=False, enable_model_summary=False, **limits)
@@ -153,14 +167,14 @@ def run(args: argparse.Namespace) -> dict:
               "n_test": len(test), "fit_seconds": fit_seconds, "test_seconds": test_seconds,
               "train_images_per_second": read_throughput(meter.output),
               "ms_per_image": {str(bs): v for bs, v in ms.items()}, "peak_memory_mb": peak,
-              "extractor": f"{args.backbone} stages {args.stages} (weights {Path(args.weights).name})"}
+              "extractor": f"{args.backbone} stages {peer_stages(args)} (weights {Path(args.weights).name})"}
     Path(args.out).write_text(json.dumps(result, indent=1))
     return result
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=("fastflow", "padim"), required=True)
+    parser.add_argument("--model", choices=("fastflow", "padim", "patchcore"), required=True)
     parser.add_argument("--data", required=True, help="folder with train.npy / test.npy (uint8 N×3×H×W)")
     parser.add_argument("--weights", required=True, help="state dict of the timm backbone (the runner's weights)")
     parser.add_argument("--out", required=True, help="JSON file for the figures")
@@ -170,6 +184,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mean", type=float, nargs=3, default=[0.5, 0.5, 0.5])
     parser.add_argument("--std", type=float, nargs=3, default=[0.5, 0.5, 0.5])
     parser.add_argument("--n-features", dest="n_features", type=int, default=100, help="PaDiM's random projection")
+    parser.add_argument("--patchcore-stages", dest="patchcore_stages", type=int, nargs="+", default=None,
+                        help="PatchCore's feature levels (default: the last two of --stages)")
+    parser.add_argument("--coreset-ratio", dest="coreset_ratio", type=float, default=0.01,
+                        help="PatchCore's coreset share of the patch embeddings (its paper: 0.01 to 0.25; anomalib's "
+                             "default 0.1 costs 10x the greedy selection time)")
+    parser.add_argument("--num-neighbors", dest="num_neighbors", type=int, default=9, help="PatchCore's k")
     parser.add_argument("--epochs", type=int, default=500, help="FastFlow epochs (PaDiM: always one pass)")
     parser.add_argument("--minutes", type=float, default=None, help="FastFlow training time limit")
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=8)

@@ -20,10 +20,11 @@ Suites: ``smoke`` (synthetic 64² images, one epoch of two batches; for the test
 the real samples in ``../shared/data``, sized for about an hour on 2 CPU cores; reduced widths, listed in the
 table's overrides), ``cpu-converge`` (SCNet, its HCNN baseline, DeepCrack-Liu and U-Net on CrackForest and
 DeepCrack, each until ``val/ods_dataset`` stops improving or 90 minutes, at half width; writes a learning-curve PNG),
-``gpu-full`` (the configs' paper budgets and widths, 256² synthetic data). Rows whose data
-folder is missing are skipped with a note.
+``cpu-anomaly`` (MSFlow, SkipAE, DFR and VAEGradCAM on the real magnetic tile sample, each until ``val/loss`` stops
+improving or 60 minutes, beside the anomalib peers), ``gpu-full`` (the configs' paper budgets and widths, 256²
+synthetic data). Rows whose data folder is missing are skipped with a note.
 
-anomalib peers: FastFlow and PaDiM run by ``benchmarks/anomalib_peer.py`` under a separate Python environment
+anomalib peers: FastFlow, PaDiM and PatchCore run by ``benchmarks/anomalib_peer.py`` under a separate Python environment
 (``--anomalib-python`` or ``$CRACKSEG_ANOMALIB_PYTHON``; never a crackseg dependency) on exactly the training and
 test images of our MSFlow row of the same suite (arrays written from our datamodule), with the same extractor
 (EfficientNet-Lite0 stages 1-3 with the weights our backbone factory loads), normalisation and input size; their
@@ -62,11 +63,11 @@ from benchmarks.weakly_deepcrack import PAPER_LABELS, PAPER_UNET
 from crackseg.cli import main as crackseg_main
 from crackseg.metrics import ImageMetrics, SegmentationMetrics
 
-SUITES = ("smoke", "cpu-small", "cpu-converge", "gpu-full")
+SUITES = ("smoke", "cpu-small", "cpu-converge", "cpu-anomaly", "gpu-full")
 METHODS = ("UNet", "DeepCrackLiu", "SCNet", "HCNN", "SkipAE", "DFR", "VAEGradCAM", "MSFlow", "Weakly")
-PEERS = ("FastFlow", "PaDiM")
+PEERS = ("FastFlow", "PaDiM", "PatchCore")
 #: (warm-up, timed) runs of the inference timing per suite.
-TIMING = {"smoke": (1, 1), "cpu-small": (1, 3), "cpu-converge": (1, 3), "gpu-full": (3, 10)}
+TIMING = {"smoke": (1, 1), "cpu-small": (1, 3), "cpu-converge": (1, 3), "cpu-anomaly": (1, 3), "gpu-full": (3, 10)}
 #: display names of the logged test metrics.
 METRIC_NAMES = {"ods": "ODS", "ois": "OIS", "ap": "AP", "ods_dataset": "F1 (dataset, best thr.)",
                 "f1": "F1 (val. thr.)", "iou": "IoU", "region_f1": "region F1",
@@ -132,8 +133,10 @@ class Job:
     limit_batches: int | None = None
     #: a config fragment composed after ``config`` (an ablation: ``configs/scnet/ablations/hcnn_baseline.yaml``)
     fragment: str | None = None
-    #: stop when ``val/ods_dataset`` has not improved for this many validations (EarlyStopping); None: budget only
+    #: stop when ``monitor`` has not improved for this many validations (EarlyStopping); None: budget only
     patience: int | None = None
+    #: the EarlyStopping metric and its direction
+    monitor: tuple[str, str] = ("val/ods_dataset", "max")
 
     @property
     def name(self) -> str:
@@ -233,6 +236,8 @@ def suite_jobs(suite: str, workdir: Path, minutes: float | None, accelerator: st
         ]
     if suite == "cpu-converge":
         return converge_jobs(dc, cfd, 90.0 if minutes is None else minutes)
+    if suite == "cpu-anomaly":
+        return anomaly_jobs(mt, 60.0 if minutes is None else minutes)
     # gpu-full: the configs' own epochs, widths and data (paper budgets); minutes only when given
     syn = {"root": str(synthetic), "mode": "unsupervised"}
     budget = {"minutes": minutes}
@@ -260,6 +265,8 @@ def suite_jobs(suite: str, workdir: Path, minutes: float | None, accelerator: st
 CONVERGE_WIDTHS = {"SCNet": {"width_multiplier": 0.5}, "HCNN": {"width_multiplier": 0.5},
                    "DeepCrackLiu": {"width_multiplier": 0.5}, "UNet": {"base_channels": 32}}
 CONVERGE_PATIENCE = 8
+#: epochs without a lower ``val/loss`` before a cpu-anomaly row stops
+ANOMALY_PATIENCE = 10
 
 
 def converge_jobs(dc: Path, cfd: Path, minutes: float) -> list[Job]:
@@ -278,6 +285,24 @@ def converge_jobs(dc: Path, cfd: Path, minutes: float) -> list[Job]:
             jobs.append(Job(method, dataset, config, dict(CONVERGE_WIDTHS[method]), data, root, minutes=minutes,
                             fragment=fragment, patience=CONVERGE_PATIENCE))
     return jobs
+
+
+def anomaly_jobs(mt: Path, minutes: float) -> list[Job]:
+    """cpu-anomaly: the unsupervised methods on magnetic tile, each until ``val/loss`` (defect-free validation
+    images) stops improving for :data:`ANOMALY_PATIENCE` epochs or ``minutes``; the feature autoencoders keep
+    their features in memory (``cache_features``: unaugmented images, the same result, faster epochs);
+    VAEGradCAM at 128² with lr 1e-4 and 5 warm-up epochs (the paper: 224², 1e-5, 50 of 300 epochs: too slow for
+    a CPU hour)."""
+    data, stop = {"root": str(mt)}, {"minutes": minutes, "patience": ANOMALY_PATIENCE, "monitor": ("val/loss", "min")}
+    cached = {"aupro": True, "cache_features": True}
+    return [
+        Job("MSFlow", "magnetic tile", "configs/msflow/magnetic_tile.yaml", {}, data, mt, **stop),
+        Job("SkipAE", "magnetic tile", "configs/skipae/magnetic_tile.yaml", cached, data, mt, **stop),
+        Job("DFR", "magnetic tile", "configs/dfr/magnetic_tile.yaml", cached, data, mt, **stop),
+        Job("VAEGradCAM", "magnetic tile", "configs/vae_gradcam/magnetic_tile.yaml",
+            {"aupro": True, "warmup_epochs": 5, "lr": 1e-4, "image_size": [128, 128]},
+            {**data, "image_size": [128, 128]}, mt, input_size=(128, 128), **stop),
+    ]
 
 
 def learning_curves(runs: dict[str, Path], out: Path, metric: str = "val/ods_dataset") -> Path:
@@ -371,8 +396,9 @@ class Runner:
         if job.limit_batches is not None:
             out += [f"--trainer.limit_{s}_batches={job.limit_batches}" for s in ("train", "val", "test")]
         if job.patience is not None:
-            out += ["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/ods_dataset",
-                    "--trainer.callbacks.mode=max", f"--trainer.callbacks.patience={job.patience}"]
+            metric, mode = job.monitor
+            out += ["--trainer.callbacks+=EarlyStopping", f"--trainer.callbacks.monitor={metric}",
+                    f"--trainer.callbacks.mode={mode}", f"--trainer.callbacks.patience={job.patience}"]
         if job.fragment is not None:
             out = ["--config", str(REPO / job.fragment), *out]
         return out
@@ -458,7 +484,7 @@ class Runner:
         return np.stack(arrays["test"]), np.stack(arrays["mask"]), np.array(arrays["label"])
 
     def run_peers(self, job: Job) -> tuple[list[Row], str]:
-        """FastFlow and PaDiM of anomalib on our MSFlow row's split; ([], note) when anomalib is unavailable."""
+        """anomalib's FastFlow, PaDiM and PatchCore on our MSFlow row's split; ([], note) without anomalib."""
         python = self.args.anomalib_python
         if not python:
             return [], ("anomalib peers skipped: no anomalib environment given (`--anomalib-python` or "
@@ -592,7 +618,9 @@ def table(args: argparse.Namespace, jobs: list[Job], rows: list[Row], peer_rows:
         lines += [f"Same training and test images as our {peer_rows[0].dataset} rows, same extractor "
                   f"({peer_rows[0].note}), same normalisation and input size; the peers' maps are scored with "
                   "crackseg's metric code. FastFlow: anomalib's defaults (Adam lr 1e-3, 8 flow steps) with the same "
-                  "time budget as MSFlow, last epoch; PaDiM: one pass, 100 random feature dimensions.", "",
+                  "time budget as MSFlow, last epoch; PaDiM: one pass, 100 random feature dimensions; PatchCore: "
+                  "one pass, the last two of those stages (its paper's mid-level pair), coreset 1 % (its paper: 1 to "
+                  "25 %), k = 9.", "",
                   "| model | dataset | image AUROC % | pixel AUROC % | AUPRO % | budget | train img/s | ms/img b1 | "
                   "ms/img b32 | peak MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in ours + peer_rows:

@@ -120,3 +120,39 @@ def test_learning_curves_png(tmp_path: Path) -> None:
     assert image.shape == (520, 900, 3)
     blue = (image[..., 0] > 150) & (image[..., 2] < 80)  # model a's line (RGB 31, 119, 180)
     assert blue.sum() > 100
+
+
+def test_cpu_anomaly_suite_rows(tmp_path: Path) -> None:
+    """The four unsupervised methods on magnetic tile, early stopping on the defect-free val/loss, 60-minute cap;
+    the feature autoencoders reuse their features."""
+    jobs = bench.suite_jobs("cpu-anomaly", tmp_path, None, "cpu")
+    assert [j.method for j in jobs] == ["MSFlow", "SkipAE", "DFR", "VAEGradCAM"]
+    assert {j.dataset for j in jobs} == {"magnetic tile"} and {j.minutes for j in jobs} == {60.0}
+    assert all(j.model.get("cache_features") for j in jobs if j.method in ("SkipAE", "DFR"))
+    args = bench.Runner(bench.argparse.Namespace(workdir=str(tmp_path), accelerator="cpu",
+                                                 suite="cpu-anomaly")).trainer_args(jobs[2], "x")
+    assert "--trainer.callbacks.monitor=val/loss" in args and "--trainer.callbacks.mode=min" in args
+    assert f"--trainer.callbacks.patience={bench.ANOMALY_PATIENCE}" in args
+
+
+def test_anomaly_diagnosis_pca_residual_finds_vectors_off_the_normal_subspace() -> None:
+    import torch
+
+    from benchmarks import anomaly_diagnosis as diag
+
+    generator = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(8, 3, generator=generator))[0]  # normal features span 3 of 8 channels
+
+    def images(n: int) -> torch.Tensor:
+        coefficients = torch.randn(n, 12, 12, 3, generator=generator)
+        return (coefficients @ basis.T + 0.01 * torch.randn(n, 12, 12, 8, generator=generator)).movedim(-1, 1)
+
+    train, test = images(40), images(6)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    off = torch.linalg.qr(torch.cat([basis, torch.randn(8, 1, generator=generator)], 1))[0][:, 3]
+    test[3:, :, 6, 6] += 3 * off  # one defective location, orthogonal to the normal subspace, in the interior
+    maps, width = diag.pca_residual(train, test, standardise=False)
+    assert width == 3 and maps.shape == (6, 12, 12)
+    assert int(maps[3].flatten().argmax()) == 6 * 12 + 6  # the planted location
+    scores = diag.score_variants(maps, labels)
+    assert scores["max"] == scores["max (no border)"] == 100.0

@@ -353,3 +353,64 @@ def test_fit_and_test_on_real_magnetic_tile(method: str, workdir: Path, shared_d
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     for key in ("auroc", "aupro", "image_auroc"):
         assert 0.0 <= metrics[f"test/{key}"] <= 1.0 and not math.isnan(metrics[f"test/{key}"]), key
+
+
+def _fit_dfr(root: Path, cache: bool, calls: list[int] | None = None, **data: object) -> DFR:
+    """Two epochs of a tiny DFR on a fake magnetic tile; ``calls`` collects the training extractor calls per epoch."""
+    from lightning.pytorch import Callback, Trainer, seed_everything
+
+    from crackseg.datamodules import MagneticTileDataModule
+
+    seed_everything(0)
+    model = DFR(backbone="resnet18", blocks=[1], layers=None, weights=None, latent_dim=4, cache_features=cache)
+    if calls is not None:
+        extract = model.extract_features
+
+        def counted(images: torch.Tensor) -> torch.Tensor:
+            calls[-1] += 1 if model.training else 0
+            return extract(images)
+
+        model.extract_features = counted
+
+        class PerEpoch(Callback):
+            def on_train_epoch_start(self, trainer: Trainer, module: DFR) -> None:
+                calls.append(0)
+
+        callbacks = [PerEpoch()]
+    else:
+        callbacks = []
+    options = {"image_size": (64, 64), "rotate_limit": 0, "flip": False, "batch_size": 2, **data}
+    datamodule = MagneticTileDataModule(root, **options)
+    Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks).fit(model, datamodule)
+    return model
+
+
+def test_cached_features_train_the_same_autoencoder_with_one_extractor_pass(workdir: Path) -> None:
+    from fakes import make_magnetic_tile
+
+    root = make_magnetic_tile(workdir / "mt", n_free=6)
+    calls: list[int] = []
+    cached = _fit_dfr(root, cache=True, calls=calls)
+    assert calls[0] > 0 and calls[1:] == [0]  # epoch 2 read every image's features from memory
+    assert cached._feature_cache == {}  # released when fitting ends
+    plain = _fit_dfr(root, cache=False)
+    ours, theirs = cached.net.autoencoder.state_dict(), plain.net.autoencoder.state_dict()
+    assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-6) for k in ours)
+    with pytest.raises(ValueError, match="cache_features"):  # rotated images differ from their first epoch
+        _fit_dfr(root, cache=True, rotate_limit=90)
+
+
+def test_score_border_and_extractor_padding_switches() -> None:
+    from torch import nn
+
+    model = DFR(backbone="resnet18", blocks=[1], layers=None, weights=None, latent_dim=4, score_border=2,
+                padding_mode="reflect")
+    maps = torch.zeros(2, 1, 16, 16)
+    maps[0, 0, 0, 0] = 9.0  # a border outlier: left out of the score
+    maps[1, 0, 8, 8] = 1.0  # an interior anomaly: counted
+    assert model.image_score(maps, {}).tolist() == [0.0, 1.0]
+    convs = [m for m in model.net.extractor.modules() if isinstance(m, nn.Conv2d) and any(m.padding)]
+    assert convs and all(m.padding_mode == "reflect" for m in convs)
+    with pytest.raises(ValueError, match="score_border"):
+        DFR(backbone="resnet18", blocks=[1], layers=None, weights=None, latent_dim=4, score_border=-1)

@@ -158,6 +158,10 @@ class CrackSegModule(LightningModule):
         """Loss terms; key ``"loss"`` is optimised, the others are logged."""
         raise NotImplementedError
 
+    def training_outputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Network outputs of a training batch (``self(batch["image"])``; a method may reuse work across epochs)."""
+        return self(batch["image"])
+
     def anomaly_map(self, outputs: dict[str, Any]) -> Tensor:
         """(B, 1, H, W) crack probability / anomaly map from the network outputs."""
         return torch.sigmoid(outputs["logits"])
@@ -236,7 +240,7 @@ class CrackSegModule(LightningModule):
 
     # -- steps ---------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        losses = self.compute_loss(self(batch["image"]), batch)
+        losses = self.compute_loss(self.training_outputs(batch), batch)
         self._check_finite(losses["loss"], batch_idx)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=len(batch["image"]))
         self.log("train_loss", losses["loss"], prog_bar=True, logger=False, batch_size=len(batch["image"]))

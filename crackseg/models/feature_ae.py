@@ -65,10 +65,13 @@ class FeatureExtractor(nn.Module):
         weights: ``"hub"``, ``"offline"``, ``"auto"``, a weights file or None (see
             :func:`~crackseg.models.backbones.create_backbone`).
         pool: side of the averaging window and its stride (the grid is the input size / ``pool``).
+        padding_mode: border fill of the backbone's convolutions (``"zeros"``, ``"reflect"``; see
+            :func:`~crackseg.models.backbones.set_padding_mode`).
     """
 
     def __init__(self, backbone: str = "resnext101_32x8d", blocks: Sequence[int] | None = (1, 2, 3),
-                 layers: Sequence[str] | None = None, weights: str | None = "auto", pool: int = 4) -> None:
+                 layers: Sequence[str] | None = None, weights: str | None = "auto", pool: int = 4,
+                 padding_mode: str = "zeros") -> None:
         super().__init__()
         if pool < 1:
             raise ValueError(f"pool must be >= 1, got {pool}")
@@ -76,7 +79,7 @@ class FeatureExtractor(nn.Module):
             raise ValueError("give blocks (timm feature levels) or layers (module names), not both")
         if layers is None and blocks is None:
             raise ValueError("give blocks (timm feature levels, e.g. [1, 2, 3]) or layers (module names)")
-        self.backbone = create_backbone(backbone, blocks, weights, layers=layers)
+        self.backbone = create_backbone(backbone, blocks, weights, layers=layers, padding_mode=padding_mode)
         self.backbone.requires_grad_(False)
         self.backbone.eval()
         self.pool = int(pool)
