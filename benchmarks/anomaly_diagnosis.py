@@ -151,7 +151,8 @@ def panel(datamodule: MagneticTileDataModule, maps: torch.Tensor, labels: torch.
             mask = cv2.cvtColor((item["mask"][0].numpy() * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
             tiles.append(np.vstack([image, heat, mask]))
         rows.append(np.hstack(tiles))
-    cv2.imwrite(str(out), np.vstack(rows))
+    grid = np.vstack(rows)
+    cv2.imwrite(str(out), cv2.resize(grid, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))  # a small file
     return out
 
 
