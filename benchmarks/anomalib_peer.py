@@ -95,12 +95,11 @@ def build(args: argparse.Namespace, input_size: tuple[int, int]) -> Fastflow | P
         fastflow_on(model, args.backbone, args.stages, input_size, Path(args.weights))
         return model
     probe = timm.create_model(args.backbone, pretrained=False, features_only=True)
+    layers = [probe.feature_info.info[i]["module"] for i in peer_stages(args)]
     if args.model == "patchcore":
-        layers = [probe.feature_info.info[i]["module"] for i in peer_stages(args)]
         model = Patchcore(backbone=args.backbone, layers=layers, pre_trained=False,
                           coreset_sampling_ratio=args.coreset_ratio, num_neighbors=args.num_neighbors, **common)
     else:
-        layers = [probe.feature_info.info[i]["module"] for i in args.stages]
         model = Padim(backbone=args.backbone, layers=layers, pre_trained=False, n_features=args.n_features, **common)
     load_extractor_weights(model.model.feature_extractor.feature_extractor, Path(args.weights))
     return model

@@ -9,7 +9,7 @@ On the split and inputs of ``configs/dfr/magnetic_tile.yaml`` (EfficientNet-Lite
    explaining 90 % of the training vectors' variance (DFR's own width rule). A linear autoencoder of that width
    converges to it, so it tells what the reconstruction family can reach with these features, independently of
    training length. Scored with the map maximum (DFR, Tang et al.), the top-1 % mean and the mean, with and
-   without the two grid cells along the border, on raw and per-channel standardised features; plus where the
+   without the two grid cells along the border; plus where the
    maximum lies (border ring or interior) on defect-free and defective images.
 2. **DFR's autoencoder trained on the kept features** (the frozen extractor and unaugmented images make this the
    same optimisation as ``crackseg fit``, as ``cache_features`` does): image AUROC against training step, Adam
@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torchmetrics.functional.classification import binary_auroc
 
 from benchmarks import common
 from crackseg.datamodules import MagneticTileDataModule
 from crackseg.lightning_modules import DFR
+from crackseg.metrics import ImageMetrics
 from crackseg.models.feature_ae import DFRModel, residual_map
 
 PANEL = common.REPO / "benchmarks" / "anomaly_diagnosis.png"
@@ -61,11 +61,10 @@ def features(root: Path, threads: int,
 
 
 def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Image AUROC %; scores are min-max scaled first (torchmetrics takes values outside [0, 1] for logits and
-    applies a sigmoid, which saturates residuals of tens into ties)."""
-    scores = scores.double()
-    scaled = (scores - scores.min()) / (scores.max() - scores.min()).clamp_min(1e-12)
-    return float(binary_auroc(scaled, labels)) * 100
+    """Image AUROC % with crackseg's own metric (exact, on dense ranks: no sigmoid on unbounded scores)."""
+    metric = ImageMetrics()
+    metric.update(scores.float(), labels, 0.0)
+    return float(metric.compute()["image_auroc"]) * 100
 
 
 def score_variants(maps: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -82,21 +81,21 @@ def score_variants(maps: torch.Tensor, labels: torch.Tensor) -> dict[str, float]
     return out
 
 
-def pca_residual(train: torch.Tensor, test: torch.Tensor, standardise: bool) -> tuple[torch.Tensor, int]:
+def pca_residual(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(N, h, w) squared residual after the principal components with 90 % of the training variance."""
     channels = train.shape[1]
     generator = torch.Generator().manual_seed(0)
     vectors = train.movedim(1, -1).reshape(-1, channels)
     sample = vectors[torch.randint(0, len(vectors), (200_000,), generator=generator)].double()
-    mean, std = sample.mean(0), (sample.std(0) + 1e-6 if standardise else torch.ones(channels, dtype=torch.float64))
-    centred = (sample - mean) / std
+    mean = sample.mean(0)
+    centred = sample - mean
     values, vecs = torch.linalg.eigh(centred.T @ centred / len(centred))
     values, vecs = values.flip(0), vecs.flip(1)
     width = int(((values.cumsum(0) / values.sum()) <= 0.9).sum()) + 1
     basis = vecs[:, :width].float()
     maps = []
     for i in range(0, len(test), 32):
-        x = (test[i:i + 32].float().movedim(1, -1) - mean.float()) / std.float()
+        x = test[i:i + 32].float().movedim(1, -1) - mean.float()
         maps.append((x - (x @ basis) @ basis.T).pow(2).mean(-1))
     return torch.cat(maps), width
 
@@ -170,7 +169,7 @@ def run(args: argparse.Namespace) -> str:
         feats, datamodule = features(Path(args.root), args.threads, padding)
         train, test, labels = feats["train"], feats["test"], feats["label"]
         for name, lo in (("DFR (levels 0–3, 192 ch)", 0), ("SkipAE (levels 1–3, 176 ch)", 16)):
-            maps, width = pca_residual(train[:, lo:], test[:, lo:], standardise=False)
+            maps, width = pca_residual(train[:, lo:], test[:, lo:])
             if lo == 0 and padding == "zeros":
                 shown = panel(datamodule, maps, labels, Path(args.panel))
             if lo == 0:
@@ -183,14 +182,14 @@ def run(args: argparse.Namespace) -> str:
             lines.append(f"| {padding} | {name} | {width} | {v['max']:.1f} | {v['top-1 % mean']:.1f} | "
                          f"{v['mean']:.1f} | {v['max (no border)']:.1f} | {v['top-1 % mean (no border)']:.1f} | "
                          f"{good:.0%} / {bad:.0%} |")
-        curves[padding] = train_curve(train, test, labels, dfr_width, args.steps, args.every)
+        curves[padding] = (math.ceil(len(train) / 4), train_curve(train, test, labels, dfr_width, args.steps,
+                                                                   args.every))
         del feats, train, test
     lines += ["", "### 2. DFR's autoencoder on the kept features (Adam 1e-4, batch 4), image AUROC % by step",
               "", "| extractor padding | step | epoch | train loss | max | max (no border) | top-1 % mean | "
               "top-1 % (no border) | mean | maximum in the top-left cell |",
               "|---|---|---|---|---|---|---|---|---|---|"]
-    for padding, curve in curves.items():
-        per_epoch = math.ceil(608 / 4)
+    for padding, (per_epoch, curve) in curves.items():
         for step, loss, v in curve:
             lines.append(f"| {padding} | {step} | {step / per_epoch:.1f} | {loss:.3f} | {v['max']:.1f} | "
                          f"{v['max (no border)']:.1f} | {v['top-1 % mean']:.1f} | "

@@ -151,7 +151,7 @@ def test_anomaly_diagnosis_pca_residual_finds_vectors_off_the_normal_subspace() 
     labels = torch.tensor([0, 0, 0, 1, 1, 1])
     off = torch.linalg.qr(torch.cat([basis, torch.randn(8, 1, generator=generator)], 1))[0][:, 3]
     test[3:, :, 6, 6] += 3 * off  # one defective location, orthogonal to the normal subspace, in the interior
-    maps, width = diag.pca_residual(train, test, standardise=False)
+    maps, width = diag.pca_residual(train, test)
     assert width == 3 and maps.shape == (6, 12, 12)
     assert int(maps[3].flatten().argmax()) == 6 * 12 + 6  # the planted location
     scores = diag.score_variants(maps, labels)

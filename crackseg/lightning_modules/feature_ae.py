@@ -61,7 +61,8 @@ class FeatureReconstruction(CrackSegModule):
             image (EfficientNet-Lite0: a few channels near −45 there, a few units elsewhere); an autoencoder
             learns that rare vector last, so the map maximum sits in that corner for almost every image early in
             training and the image score stops depending on the image (``benchmarks/RESULTS.md``,
-            ``anomaly_diagnosis``). Reflect padding removes the outlier; the weights are the same.
+            ``anomaly_diagnosis``). Reflect padding removes the outlier (the weights are the same) but leaves
+            more residual along the border at convergence; ``score_border`` is the better remedy there.
         loss: ``"mse"`` (mean squared residual, DFR's code) or ``"l2"`` (per-image L2 norm of the
             residual averaged over the batch, eq. 1 read literally); both vanish only at perfect
             reconstruction, MSE weights each image by its squared error.

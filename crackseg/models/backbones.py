@@ -134,21 +134,22 @@ class LayerFeatures(nn.Module):
         return [captured[name] for name in self.layers]
 
 
-def set_padding_mode(model: nn.Module, mode: str) -> int:
-    """Make every ``nn.Conv2d`` of ``model`` with a non-zero ``padding`` pad with ``mode``; returns how many.
+def _check_padding_mode(mode: str) -> None:
+    if mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {mode!r}")
+
+
+def set_padding_mode(model: nn.Module, mode: str) -> None:
+    """Make every ``nn.Conv2d`` of ``model`` with a non-zero ``padding`` pad with ``mode``.
 
     Written here because timm builds its convolutions with zero padding and has no switch for it. Setting the
     attribute is enough: ``nn.Conv2d`` keeps the padding amounts for ``F.pad`` and pads itself whenever its
     mode is not ``"zeros"``. Convolutions with ``padding="same"`` strings or padding 0 are left alone.
     """
-    if mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {mode!r}")
-    changed = 0
+    _check_padding_mode(mode)
     for module in model.modules():
         if isinstance(module, nn.Conv2d) and isinstance(module.padding, tuple) and any(module.padding):
             module.padding_mode = mode
-            changed += 1
-    return changed
 
 
 def warn_offline_normalization(weights_source: str, normalization: str, stacklevel: int = 3) -> None:
@@ -373,8 +374,7 @@ def create_backbone(name: str, out_indices: Sequence[int] | None = None, weights
     """
     if layers is not None and out_indices is not None:
         raise ValueError("give out_indices (timm feature levels) or layers (module names), not both")
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}")
+    _check_padding_mode(padding_mode)  # before any weights are fetched
 
     def unloaded() -> nn.Module:
         return _timm_model(name, out_indices, layers, pretrained=False, model_kwargs=model_kwargs)
