@@ -27,6 +27,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 import crackseg
 import crackseg.callbacks  # noqa: F401  (registers callbacks for short class paths)
+from crackseg.callbacks import ThresholdCalibration
 from crackseg.checkpoint import (
     CheckpointError,
     LastModelCheckpoint,
@@ -72,8 +73,17 @@ class CrackSegCLI(LightningCLI):
             parser.add_argument("--version", action="version", version=f"crackseg {crackseg.__version__}")
         return parser
 
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument(
+            "--default_callbacks", type=bool, default=True,
+            help="add the method's own callbacks (its default_callbacks: best / last checkpoint, threshold "
+                 "calibration, map panels, prediction files) of each kind trainer.callbacks does not name; "
+                 "false: only the configured callbacks")
+
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        """The trainer, with crackseg's reliability defaults added to what the config gives.
+        """The trainer, with the method's callbacks and crackseg's reliability defaults added to the config's.
+
+        :func:`method_callbacks` (unless ``--default_callbacks false``);
 
         :class:`~crackseg.checkpoint.SafeCheckpointIO` (atomic, finite-only writes; ``weights_only`` loading)
         unless a CheckpointIO plugin is configured; :class:`~crackseg.checkpoint.SignalCheckpoint` (SIGTERM /
@@ -89,8 +99,11 @@ class CrackSegCLI(LightningCLI):
         kwargs["plugins"] = plugins
         callbacks = kwargs.get("callbacks", config.get("callbacks"))
         callbacks = _as_list(callbacks)
+        checkpointing = kwargs.get("enable_checkpointing", config.get("enable_checkpointing")) is not False
+        if self._get(self.config, "default_callbacks", default=True) and isinstance(self.model, CrackSegModule):
+            callbacks += method_callbacks(type(self.model), callbacks, checkpointing)
         defaults = [RandomStateCheckpoint()]
-        if kwargs.get("enable_checkpointing", config.get("enable_checkpointing")) is not False:
+        if checkpointing:
             defaults.append(SignalCheckpoint())
         callbacks += [c for c in defaults if not any(type(c) is type(given) for given in callbacks)]
         for callback in callbacks:
@@ -122,6 +135,24 @@ class CrackSegCLI(LightningCLI):
         """Predict without keeping every prediction in memory (the writer callback saves them)."""
         kwargs["return_predictions"] = False
         self.trainer.predict(**kwargs)
+
+
+#: callback kinds of which a configured callback replaces the method's default (any other: its own class)
+CALLBACK_KINDS: tuple[type, ...] = (ModelCheckpoint, ThresholdCalibration)
+
+
+def callback_kind(cls: type) -> type:
+    """The kind a callback class counts as when the method's defaults are completed: checkpointing,
+    threshold calibration, or its own class (map logging, prediction writing, ...)."""
+    return next((kind for kind in CALLBACK_KINDS if issubclass(cls, kind)), cls)
+
+
+def method_callbacks(method: type[CrackSegModule], configured: Sequence[Any], checkpointing: bool = True) -> list:
+    """The method's :meth:`~crackseg.lightning_modules.CrackSegModule.default_callbacks` of every kind the
+    configured callbacks do not hold, instantiated (no checkpoint callback when checkpointing is off)."""
+    given = {callback_kind(type(callback)) for callback in configured}
+    return [cls(**arguments) for cls, arguments in method.default_callbacks()
+            if callback_kind(cls) not in given and (checkpointing or not issubclass(cls, ModelCheckpoint))]
 
 
 def derive_run_paths(trainer: Any) -> None:

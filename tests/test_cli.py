@@ -182,3 +182,42 @@ def test_anomaly_maps_get_unbounded_metrics() -> None:
         model._eval_step(batch, 0, "test")
     values = model.pixel_metrics["test"].compute()
     assert "ods" not in values and {"auroc", "auprc", "aupro", "f1"} <= set(values)
+
+
+def _callback_types(cli: object) -> list[str]:
+    return sorted(type(c).__name__ for c in cli.trainer.callbacks)  # type: ignore[attr-defined]
+
+
+def test_method_default_callbacks_are_added_unless_configured(workdir: Path) -> None:
+    """A config that names no callbacks runs with the method's own (checkpoint by its monitor, threshold
+    calibration, map panels, prediction files); a configured callback replaces only the default of its kind;
+    ``--default_callbacks false`` keeps only the configured ones."""
+    common = ["fit", "--data.init_args.root", str(workdir / "data"), *TINY_DATA, *tiny_model("DeepCrackLiu"),
+              *TINY_TRAINER, "--print_config=skip_null"]
+    cli = main(common[:-1] + ["--trainer.default_root_dir", str(workdir / "run")])
+    names = _callback_types(cli)
+    assert {"LastModelCheckpoint", "F1Threshold", "MapLogger", "PredictionWriter"} <= set(names)
+    checkpoint = cli.trainer.checkpoint_callback
+    assert (checkpoint.monitor, checkpoint.mode, checkpoint.filename) == ("val/ods_dataset", "max", "best")
+    assert (workdir / "run" / "checkpoints" / "best.ckpt").is_file()
+    assert float(cli.model.pixel_threshold) != 0.5  # F1Threshold calibrated it
+
+    cli = main(common[:-1] + ["--trainer.callbacks+=MeanStdThreshold", "--trainer.callbacks+=OtsuBaseline"])
+    names = _callback_types(cli)
+    assert "MeanStdThreshold" in names and "F1Threshold" not in names  # same kind: the configured one
+    assert {"OtsuBaseline", "MapLogger", "PredictionWriter", "LastModelCheckpoint"} <= set(names)
+
+    cli = main(common[:-1] + ["--default_callbacks", "false", "--trainer.callbacks+=OtsuBaseline"])
+    names = _callback_types(cli)
+    assert "OtsuBaseline" in names
+    assert not {"F1Threshold", "MapLogger", "PredictionWriter", "LastModelCheckpoint"} & set(names)
+
+
+def test_classifier_declares_its_own_callbacks() -> None:
+    from crackseg.callbacks import MeanStdThreshold, PredictionWriter
+    from crackseg.lightning_modules import MSFlow, CrackClassifier
+
+    classifier = dict(CrackClassifier.default_callbacks())
+    assert PredictionWriter not in classifier  # its outputs are pseudo labels
+    msflow = dict(MSFlow.default_callbacks())
+    assert msflow[MeanStdThreshold] == {"level": "both"}

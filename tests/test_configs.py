@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
 
+import crackseg.callbacks
 import crackseg.datamodules
 import crackseg.lightning_modules
 
@@ -24,6 +26,17 @@ def _defaults(cls: type) -> dict[str, Any]:
             found.update({name: p.default for name, p in inspect.signature(klass.__init__).parameters.items()
                           if p.default is not inspect.Parameter.empty})
     return found
+
+
+#: callback classes configs name by short class_path
+CALLBACKS = {"ModelCheckpoint": ModelCheckpoint, **{name: getattr(crackseg.callbacks, name)
+                                                     for name in crackseg.callbacks.__all__}}
+
+
+def _complete(cls: type, args: dict[str, Any]) -> dict[str, Any]:
+    """A callback's arguments with its defaults filled in (tuples as lists, as YAML gives them)."""
+    values = {**_defaults(cls), **args}
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
 
 
 def _equal(value: Any, default: Any) -> bool:
@@ -49,6 +62,14 @@ def test_config_restates_no_default_and_no_derived_path(path: Path) -> None:
         defaults = _defaults(cls)
         restated += [f"{section}.init_args.{key}: {value!r}" for key, value in (block.get("init_args") or {}).items()
                      if key in defaults and _equal(value, defaults[key])]
+    method = (config.get("model") or {}).get("class_path")
+    if method:
+        defaults = [(cls, _complete(cls, args)) for cls, args in
+                    getattr(crackseg.lightning_modules, method.rpartition(".")[2]).default_callbacks()]
+        for callback in (config.get("trainer") or {}).get("callbacks") or []:
+            cls = CALLBACKS[callback["class_path"].rpartition(".")[2]]
+            if (cls, _complete(cls, callback.get("init_args") or {})) in defaults:
+                restated.append(f"trainer.callbacks: {callback['class_path']} (the method's default callback)")
     assert not restated, f"{path.name} restates class defaults (the docstrings carry them): {restated}"
     root = (config.get("trainer") or {}).get("default_root_dir")
     for callback in (config.get("trainer") or {}).get("callbacks") or []:

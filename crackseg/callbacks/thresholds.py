@@ -30,7 +30,7 @@ from crackseg.metrics import f1_optimal_threshold, mean_std_threshold
 Level = Literal["pixel", "image", "both"]
 
 
-class _ScoreCollector(Callback):
+class ThresholdCalibration(Callback):
     """Collects pixel and image scores of validation batches (pixel scores subsampled per image)."""
 
     def __init__(self, level: Level, max_pixels_per_image: int, seed: int = 0) -> None:
@@ -124,7 +124,7 @@ def _is_distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-class MeanStdThreshold(_ScoreCollector):
+class MeanStdThreshold(ThresholdCalibration):
     """Threshold = mean + k·std of the anomaly scores of normal validation images.
 
     The VAE + Grad-CAM paper (García-de-la-Puente et al. 2023, §3.3) sets the image threshold this way
@@ -162,7 +162,7 @@ class MeanStdThreshold(_ScoreCollector):
         return mean_std_threshold(scores, self.k), {}
 
 
-class F1Threshold(_ScoreCollector):
+class F1Threshold(ThresholdCalibration):
     """Iterative F1 thresholding: the threshold that maximises F1 on the validation set.
 
     Every distinct validation score is tried (an exact sweep), and the F1-maximising one is kept. At

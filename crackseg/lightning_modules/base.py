@@ -5,7 +5,10 @@ A method subclasses :class:`CrackSegModule` and provides
 - :meth:`~CrackSegModule.configure_models`: build ``self.net`` (a plain ``nn.Module``);
 - :meth:`~CrackSegModule.compute_loss`: the training loss from the network outputs and the batch;
 - optionally :meth:`~CrackSegModule.anomaly_map`, :meth:`~CrackSegModule.image_score` and
-  :meth:`~CrackSegModule.extra_maps` (attention, Grad-CAM, side outputs for the map logger).
+  :meth:`~CrackSegModule.extra_maps` (attention, Grad-CAM, side outputs for the map logger);
+- its run defaults as declarations: :attr:`~CrackSegModule.checkpoint_monitor`,
+  :meth:`~CrackSegModule.threshold_calibration`, :attr:`~CrackSegModule.writes_predictions`
+  (the ``crackseg`` command adds :meth:`~CrackSegModule.default_callbacks` to a run whose config names none).
 
 Input normalisation and padding to the network's stride happen here, so they travel with the model
 (checkpoint, export). Thresholds are buffers (``pixel_threshold``, ``image_threshold``): saved in the
@@ -18,11 +21,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning import LightningModule
+from lightning import Callback, LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from crackseg.callbacks import MapLogger, PredictionWriter
 from crackseg.inference.progress import inner_progress
 from crackseg.inference.tiling import TileSettings, predict_tiled, tile_count
 from crackseg.metrics import ImageMetrics, SegmentationMetrics
@@ -87,6 +92,38 @@ class CrackSegModule(LightningModule):
     #: whether :meth:`image_score` reads the map only (not the network outputs): tiled prediction then scores
     #: the stitched map; otherwise an image scores the largest of its tiles' own scores.
     score_reads_map_only: bool = True
+
+    #: ``(metric, mode)`` by which the default checkpoint callback keeps ``best.ckpt`` (``last.ckpt`` beside it).
+    checkpoint_monitor: tuple[str, str] = ("val/loss", "min")
+
+    #: whether ``test`` and ``predict`` write maps, masks and overlays by default (:class:`PredictionWriter`).
+    writes_predictions: bool = True
+
+    @classmethod
+    def threshold_calibration(cls) -> tuple[type[Callback], dict[str, Any]] | None:
+        """The callback (class, arguments) that calibrates this method's thresholds on validation; None: none."""
+        return None
+
+    @classmethod
+    def default_callbacks(cls) -> list[tuple[type[Callback], dict[str, Any]]]:
+        """The callbacks (class, arguments) of a run of this method, as a config would name them.
+
+        The ``crackseg`` command adds each one whose kind (checkpointing, threshold calibration, map logging,
+        prediction writing) the config's ``trainer.callbacks`` does not name, so a config lists only what
+        differs and a fragment can add a callback without repeating these: ``best.ckpt`` by
+        :attr:`checkpoint_monitor` and ``last.ckpt`` (under ``<default_root_dir>/checkpoints``), the
+        :meth:`threshold_calibration`, :class:`~crackseg.callbacks.MapLogger` panels and, where
+        :attr:`writes_predictions`, a :class:`~crackseg.callbacks.PredictionWriter` at test and predict.
+        """
+        metric, mode = cls.checkpoint_monitor
+        callbacks: list[tuple[type[Callback], dict[str, Any]]] = [(ModelCheckpoint, {
+            "filename": "best", "monitor": metric, "mode": mode, "save_last": True, "enable_version_counter": False})]
+        threshold = cls.threshold_calibration()
+        callbacks += [threshold] if threshold is not None else []
+        callbacks.append((MapLogger, {}))
+        if cls.writes_predictions:
+            callbacks.append((PredictionWriter, {"stages": ("test", "predict")}))
+        return callbacks
 
     def normalizes_maps_per_image(self) -> bool:
         """Whether :meth:`anomaly_map` normalises each map by its own image (then tiles are not comparable)."""

@@ -81,6 +81,8 @@ class CrackClassifier(CrackSegModule):
 
     weight_sources = ("weights",)
     score_reads_map_only = False  # the image score is the classifier's own probability
+    checkpoint_monitor = ("val/image_f1", "max")  # patch F1 on the held-out training images
+    writes_predictions = False  # its outputs are the pseudo labels, written by `crackseg pseudo-label`
 
     def __init__(
         self,

@@ -25,10 +25,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from lightning import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from crackseg.callbacks import MeanStdThreshold
 from crackseg.lightning_modules.base import CrackSegModule
 from crackseg.models.backbones import warn_offline_normalization
 from crackseg.models.feature_ae import (
@@ -91,6 +93,11 @@ class FeatureReconstruction(CrackSegModule):
 
     maps_are_probabilities = False
     weight_sources = ("weights",)
+
+    @classmethod
+    def threshold_calibration(cls) -> tuple[type[Callback], dict[str, Any]]:
+        """Pixel and image thresholds at mean + 1 std of the defect-free validation images' scores."""
+        return MeanStdThreshold, {"level": "both"}
 
     def __init__(
         self,

@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from lightning import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.nn import functional as F
 
+from crackseg.callbacks import MeanStdThreshold
 from crackseg.lightning_modules.base import CrackSegModule
 from crackseg.models.backbones import load_backbone_weights, read_state_dict, warn_offline_normalization
 from crackseg.models.msflow import MSFlowModel, PretrainUNet
@@ -181,6 +183,11 @@ class MSFlow(CrackSegModule):
     maps_are_probabilities = False
     weight_sources = ("weights", "extractor_checkpoint")
     score_reads_map_only = False  # the score is the top-k mean of the multiplicative map, from the outputs
+
+    @classmethod
+    def threshold_calibration(cls) -> tuple[type[Callback], dict[str, Any]]:
+        """Pixel and image thresholds at mean + 1 std of the defect-free validation images' scores."""
+        return MeanStdThreshold, {"level": "both"}
 
     def normalizes_maps_per_image(self) -> bool:
         """True with ``map_normalization: image`` (each map relative to its image's maximum)."""

@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
+from lightning import Callback
 from torch import Tensor, nn
 
+from crackseg.callbacks import F1Threshold
 from crackseg.lightning_modules.base import CrackSegModule
 from crackseg.losses import combined_loss, parse_loss
 from crackseg.models import DeepCrackLiuModel, DeepCrackZouModel, EncoderDecoderModel, OEDModel, UNetModel
@@ -35,6 +37,14 @@ class SupervisedSegmentation(CrackSegModule):
         fused_weight: weight of the fused-output loss.
         **kwargs: thresholds, normalisation and optimisation options of :class:`CrackSegModule`.
     """
+
+    #: dataset-level F1 (crack-free validation images count)
+    checkpoint_monitor = ("val/ods_dataset", "max")
+
+    @classmethod
+    def threshold_calibration(cls) -> tuple[type[Callback], dict[str, Any]]:
+        """The pixel threshold that maximises F1 over the validation pixels (iterative thresholding)."""
+        return F1Threshold, {}
 
     def __init__(self, net: nn.Module, loss: str = "bce", side_loss: str | None = None,
                  side_weights: Sequence[float] | None = None, fused_weight: float = 1.0, **kwargs: Any) -> None:

@@ -50,9 +50,11 @@ import math
 from typing import Any, Literal
 
 import torch
+from lightning import Callback
 from torch import Tensor
 from torch.nn import functional as F
 
+from crackseg.callbacks import MeanStdThreshold
 from crackseg.lightning_modules.base import CrackSegModule
 from crackseg.models.vae import ENCODER_BLOCKS, AttentionMode, ConvVAE, gradcam_attention
 
@@ -142,6 +144,11 @@ class VAEGradCAM(CrackSegModule):
 
     maps_are_probabilities = True
     score_reads_map_only = False  # the score is the reconstruction error
+
+    @classmethod
+    def threshold_calibration(cls) -> tuple[type[Callback], dict[str, Any]]:
+        """The image threshold at mean + 1 std of the defect-free validation images' scores (§3.3)."""
+        return MeanStdThreshold, {}
 
     def normalizes_maps_per_image(self) -> bool:
         """True with ``map_normalization: min_max`` (Σ_k α_k A_k min-max normalised per image)."""
