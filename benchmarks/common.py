@@ -7,11 +7,11 @@ import platform
 import re
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from crackseg.cli import main
 
@@ -70,10 +70,12 @@ def commit() -> str:
         return "unknown"
 
 
-def fit_and_test(config: Path, workdir: Path, overrides: list[str], max_time_minutes: float | None = None,
-                 max_epochs: int | None = None, test_checkpoint: str | None = "best.ckpt",
+def fit_and_test(config: Path | Sequence[Path], workdir: Path, overrides: list[str],
+                 max_time_minutes: float | None = None, max_epochs: int | None = None,
+                 test_checkpoint: str | None = "best.ckpt",
                  trainer_config: str | Path = "configs/trainer/cpu.yaml") -> RunResult:
-    """``crackseg fit`` then ``crackseg test`` with the config's outputs moved to ``workdir``.
+    """``crackseg fit`` then ``crackseg test`` of a config (or a dataset config and its fragments, in order)
+    with the run's folder at ``workdir`` (checkpoints and predictions follow it).
 
     ``trainer_config`` is the trainer fragment (relative to the repository), e.g. ``configs/trainer/gpu.yaml``.
 
@@ -81,14 +83,8 @@ def fit_and_test(config: Path, workdir: Path, overrides: list[str], max_time_min
     """
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt_dir, out_dir = workdir / "checkpoints", workdir / "predictions"
-    cfg = yaml.safe_load(config.read_text())
-    for callback in cfg["trainer"]["callbacks"]:
-        if callback["class_path"] == "ModelCheckpoint":
-            callback["init_args"]["dirpath"] = str(ckpt_dir)
-        if callback["class_path"] == "PredictionWriter":
-            callback["init_args"]["output_dir"] = str(out_dir)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    common = ["--config", str(REPO / trainer_config), "--config", str(workdir / "config.yaml"),
+    configs = [config] if isinstance(config, (str, Path)) else list(config)
+    common = ["--config", str(REPO / trainer_config), *(arg for c in configs for arg in ("--config", str(c))),
               *overrides, f"--trainer.default_root_dir={workdir}", "--trainer.logger=CSVLogger",
               f"--trainer.logger.save_dir={workdir}", "--trainer.enable_progress_bar=false"]
     limits = [f"--trainer.max_epochs={max_epochs or 100000}"]

@@ -3,9 +3,10 @@
     python -m benchmarks.msflow_magnetic_tile --pretrain-minutes 10 --minutes 8
     python -m benchmarks.msflow_magnetic_tile --epochs 1 --limit-train-batches 2 --no-write   # smoke test
 
-The three columns of Marc et al. (2024), Table I, on the magnetic tile sample with the configs
-``configs/msflow/magnetic_tile{,_cutpaste,_poisson}.yaml`` and ``configs/msflow/pretrain_{cutpaste,poisson}_
-magnetic_tile.yaml`` (EfficientNet-Lite0 stages 1–3 with the offline ImageNet weights, 256² inputs, batch 8):
+The three columns of Marc et al. (2024), Table I, on the magnetic tile sample with
+``configs/msflow/magnetic_tile.yaml``, composed with ``pretrain_cutpaste.yaml`` /
+``pretrain_poisson_from_deepcrack.yaml`` and then ``cutpaste.yaml`` / ``poisson.yaml`` (EfficientNet-Lite0
+stages 1–3 with the offline ImageNet weights, 256² inputs, batch 8):
 
 1. MSFlow on the ImageNet extractor (lr 1e-4);
 2. CutPaste pre-training of the extractor (U-Net, BCE), then MSFlow on it (lr 1e-6, §III-B1);
@@ -35,6 +36,8 @@ from benchmarks.common import REPO, SHARED_DATA, RunResult, commit, fit_and_test
 from crackseg.lightning_modules import ExtractorPretraining, MSFlow
 
 CONFIGS = REPO / "configs" / "msflow"
+#: the pre-training fragment of each variant
+PRETRAIN = {"cutpaste": "cutpaste", "poisson": "poisson_from_deepcrack"}
 #: Marc et al. 2024, Table I: pixel AUROC / AUPRO (%) without a task, with CutPaste, with Poisson pre-training.
 PAPER = {"Wood": ((97.08, 98.40), (97.29, 98.12), (97.40, 98.34)),
          "Tile": ((96.25, 95.36), (98.75, 98.81), (98.72, 98.77)),
@@ -91,21 +94,21 @@ def run(args: argparse.Namespace) -> str:
             if variant == "poisson":
                 source_root = "--data.init_args.synthetic_anomalies.init_args.source.init_args.root"
                 pre_overrides += [source_root, str(deepcrack)]
-            pre_config = CONFIGS / f"pretrain_{variant}_magnetic_tile.yaml"
+            pre_config = [CONFIGS / "magnetic_tile.yaml", CONFIGS / f"pretrain_{PRETRAIN[variant]}.yaml"]
             last = workdir / f"pretrain_{variant}" / "checkpoints" / "last.ckpt"
             if not (args.reuse_pretraining and last.is_file()):
                 pretrain[variant] = fit_and_test(pre_config, workdir / f"pretrain_{variant}", pre_overrides,
                                                  max_time_minutes=args.pretrain_minutes,
-                                                 max_epochs=args.pretrain_epochs or config_epochs(pre_config),
+                                                 max_epochs=args.pretrain_epochs or config_epochs(pre_config[-1]),
                                                  test_checkpoint=None)
             overrides += ["--model.init_args.extractor_checkpoint", str(last)]
             if args.pretrained_lr is not None:
                 overrides += ["--model.init_args.lr", str(args.pretrained_lr)]
-        config = CONFIGS / ("magnetic_tile.yaml" if variant == "none" else f"magnetic_tile_{variant}.yaml")
+        config = [CONFIGS / "magnetic_tile.yaml"] + ([] if variant == "none" else [CONFIGS / f"{variant}.yaml"])
         run_dir = workdir / (f"msflow_{variant}" + ("" if args.pretrained_lr is None or variant == "none"
                                                     else f"_lr{args.pretrained_lr:g}"))
-        results[variant] = fit_and_test(config, run_dir, overrides,
-                                        max_time_minutes=args.minutes, max_epochs=args.epochs or config_epochs(config))
+        results[variant] = fit_and_test(config, run_dir, overrides, max_time_minutes=args.minutes,
+                                        max_epochs=args.epochs or config_epochs(config[0]))
         print(variant, {k: v for k, v in results[variant].metrics.items() if k.startswith("test/")}, flush=True)
 
     torch.set_num_threads(usable_cores())
@@ -141,8 +144,8 @@ def run(args: argparse.Namespace) -> str:
 Command: `{command}`; date {dt.date.today().isoformat()}; machine: {machine()}; commit {commit()};
 batch limits: {limits}.
 
-Configs `configs/msflow/magnetic_tile{{,_cutpaste,_poisson}}.yaml` and
-`pretrain_{{cutpaste,poisson}}_magnetic_tile.yaml`: EfficientNet-Lite0 stages 1–3 with the offline ImageNet
+Configs `configs/msflow/magnetic_tile.yaml` + `pretrain_cutpaste.yaml` / `pretrain_poisson_from_deepcrack.yaml`,
+then + `cutpaste.yaml` / `poisson.yaml`: EfficientNet-Lite0 stages 1–3 with the offline ImageNet
 weights (the paper: WideResNet50 stages 1–3), 256² inputs (paper 512²), batch 8, Adam with ×1/3 at 70 % / 90 %
 of the epochs; MSFlow lr 1e-4 on the ImageNet extractor and {lr_text} on a pre-trained one.
 Pre-training: U-Net over the extractor, BCE, half of the training images get a synthetic anomaly; Poisson

@@ -73,6 +73,16 @@ class CrackSegCLI(LightningCLI):
             parser.add_argument("--version", action="version", version=f"crackseg {crackseg.__version__}")
         return parser
 
+    def before_instantiate_classes(self) -> None:
+        """A run without ``trainer.default_root_dir`` gets ``runs/<name>`` from its configs (:func:`run_name`),
+        written into the config so the saved ``config.yaml`` re-runs in the same folder."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.get("trainer")
+        if trainer is not None and trainer.get("default_root_dir") is None:
+            name = run_name([str(path) for path in config.get("config") or []])
+            if name:
+                trainer["default_root_dir"] = os.path.join("runs", name)
+
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_argument(
             "--default_callbacks", type=bool, default=True,
@@ -135,6 +145,29 @@ class CrackSegCLI(LightningCLI):
         """Predict without keeping every prediction in memory (the writer callback saves them)."""
         kwargs["return_predictions"] = False
         self.trainer.predict(**kwargs)
+
+
+def run_name(configs: Sequence[str | os.PathLike]) -> str | None:
+    """The run's name from its ``--config`` files: ``<method folder>_<stem>`` of the first one that sets the
+    model or the data (``configs/scnet/deepcrack.yaml``: ``scnet_deepcrack``; a file outside a ``configs``
+    folder: its stem), then ``_<stem>`` of each later such fragment (``+ configs/scnet/ablations/hcnn_baseline.yaml``:
+    ``scnet_deepcrack_hcnn_baseline``). Trainer and logger fragments name nothing; None without a naming config.
+    Checkpoints (``<default_root_dir>/checkpoints``) and predictions follow, so every composition of fragments
+    has its own folder."""
+    parts: list[str] = []
+    for config in configs:
+        path = Path(config)
+        try:
+            content = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue  # the parser has read it already; a file it cannot re-read names nothing
+        if not isinstance(content, dict) or not ({"model", "data"} & set(content)):
+            continue
+        folders = path.resolve().parent.parts
+        at = max((i for i, folder in enumerate(folders[:-1]) if folder == "configs"), default=None)
+        method = folders[at + 1] if at is not None else None
+        parts.append(f"{method}_{path.stem}" if not parts and method else path.stem)
+    return "_".join(parts) or None
 
 
 #: callback kinds of which a configured callback replaces the method's default (any other: its own class)

@@ -215,9 +215,31 @@ def test_method_default_callbacks_are_added_unless_configured(workdir: Path) -> 
 
 def test_classifier_declares_its_own_callbacks() -> None:
     from crackseg.callbacks import MeanStdThreshold, PredictionWriter
-    from crackseg.lightning_modules import MSFlow, CrackClassifier
+    from crackseg.lightning_modules import CrackClassifier, MSFlow
 
     classifier = dict(CrackClassifier.default_callbacks())
     assert PredictionWriter not in classifier  # its outputs are pseudo labels
     msflow = dict(MSFlow.default_callbacks())
     assert msflow[MeanStdThreshold] == {"level": "both"}
+
+
+def test_run_name_follows_the_composed_configs() -> None:
+    from crackseg.cli import run_name
+
+    assert run_name([CONFIGS / "trainer/cpu.yaml", CONFIGS / "scnet/deepcrack.yaml",
+                     CONFIGS / "scnet/ablations/hcnn_baseline.yaml", CONFIGS / "logger/csv.yaml"]) \
+        == "scnet_deepcrack_hcnn_baseline"
+    assert run_name([CONFIGS / "quickstart.yaml"]) == "quickstart"
+    assert run_name([CONFIGS / "trainer/cpu.yaml"]) is None
+
+
+def test_run_folder_is_derived_and_saved_with_the_config(workdir: Path) -> None:
+    """No ``default_root_dir`` in the config: checkpoints land in ``runs/<name>``, whose saved config re-runs
+    in the same folder."""
+    cli = main(["fit", "--config", str(CONFIGS / "unet/synthetic.yaml"), "--data.init_args.root",
+                str(workdir / "data"), *TINY_DATA[2:], "--model.init_args.base_channels", "4",
+                "--model.init_args.depth", "2", *TINY_TRAINER])
+    assert Path(cli.trainer.default_root_dir) == Path("runs/unet_synthetic")
+    assert (workdir / "runs/unet_synthetic/checkpoints/best.ckpt").is_file()
+    saved = next((workdir / "runs/unet_synthetic").rglob("config.yaml"))
+    assert "default_root_dir: runs/unet_synthetic" in saved.read_text()

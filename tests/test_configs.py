@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 import crackseg.callbacks
 import crackseg.datamodules
 import crackseg.lightning_modules
+from crackseg.cli import run_name
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -53,10 +54,11 @@ def _equal(value: Any, default: Any) -> bool:
 def test_config_restates_no_default_and_no_derived_path(path: Path) -> None:
     config = yaml.safe_load(path.read_text()) or {}
     restated = []
+    fragment = "class_path" not in (config.get("data") or {})
     for section, module in (("model", crackseg.lightning_modules), ("data", crackseg.datamodules)):
         block = config.get(section)
-        # a paper.yaml fragment undoes the CPU choices of the dataset config it follows: defaults are its content
-        if not isinstance(block, dict) or "class_path" not in block or path.name == "paper.yaml":
+        # a fragment (no data class: it follows a dataset config) may set a default to undo that config's value
+        if not isinstance(block, dict) or "class_path" not in block or fragment:
             continue
         cls = getattr(module, block["class_path"].rpartition(".")[2])
         defaults = _defaults(cls)
@@ -71,7 +73,10 @@ def test_config_restates_no_default_and_no_derived_path(path: Path) -> None:
             if (cls, _complete(cls, callback.get("init_args") or {})) in defaults:
                 restated.append(f"trainer.callbacks: {callback['class_path']} (the method's default callback)")
     assert not restated, f"{path.name} restates class defaults (the docstrings carry them): {restated}"
+    derived_root = f"runs/{run_name([path])}"
     root = (config.get("trainer") or {}).get("default_root_dir")
+    assert root != derived_root, f"{path.name}: trainer.default_root_dir {root} is the name derived from the config"
+    root = root or derived_root
     for callback in (config.get("trainer") or {}).get("callbacks") or []:
         init = callback.get("init_args") or {}
         derived = {"dirpath": f"{root}/checkpoints", "output_dir": f"{root}/predictions"}

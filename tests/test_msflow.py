@@ -232,41 +232,54 @@ TINY_TRAINER = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar",
 TINY_FLOW = ["--model.init_args.blocks", "[1, 1, 1]", "--model.init_args.cond_channels", "8"]
 
 
-def _shrunk(config: Path, workdir: Path, weights: str, data: dict | None = None, source: dict | None = None) -> Path:
-    """A copy of ``config`` with tiny data, the given extractor weights and outputs under ``workdir``."""
+def _shrunk(config: Path, workdir: Path, weights: str | None = None, data: dict | None = None,
+            source: dict | None = None) -> Path:
+    """A copy of ``config`` (a dataset config or a fragment) with tiny data and the given extractor weights, in
+    ``workdir/configs/msflow`` so that its runs are named as the original's (under ``workdir/runs``)."""
     cfg = yaml.safe_load(config.read_text())
-    cfg["model"]["init_args"]["weights"] = weights
-    cfg["data"]["init_args"].update(data or {})
-    synthetic = cfg["data"]["init_args"].get("synthetic_anomalies")
+    if weights is not None:
+        cfg["model"]["init_args"]["weights"] = weights
+    if data is not None:
+        cfg["data"]["init_args"].update(data)
+    synthetic = cfg.get("data", {}).get("init_args", {}).get("synthetic_anomalies")
     if synthetic and synthetic["class_path"] == "PoissonBlend" and source is not None:
         synthetic["init_args"]["source"]["init_args"].update(source)
-    path = workdir / config.name
+    path = workdir / "configs" / "msflow" / config.name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
 SYNTHETIC_TINY = {"n_train": 4, "n_val": 2, "n_test": 4, "generate_size": [64, 64], "batch_size": 2,
                   "eval_batch_size": 2}
+#: the Poisson source fragment each dataset is pre-trained with
+POISSON_SOURCE = {"synthetic": "synthetic", "magnetic_tile": "deepcrack"}
 
 
 def _table_one(workdir: Path, dataset: str, data: dict, source: dict | None, extra: list[str]) -> dict[str, dict]:
-    """Fit + test MSFlow without a task, and pre-train (CutPaste, Poisson) then fit + test MSFlow on it."""
+    """Fit + test MSFlow without a task, and pre-train (CutPaste, Poisson) then fit + test MSFlow on it: the
+    dataset config composed with ``pretrain_<task>`` and then with ``<task>.yaml`` fragments."""
     weights = offline_or_random_weights()
+    base = _shrunk(CONFIGS / f"{dataset}.yaml", workdir, weights, data)
     results = {}
     for task in ("none", "cutpaste", "poisson"):
+        handover = []
         if task != "none":
-            pre = _shrunk(CONFIGS / f"pretrain_{task}_{dataset}.yaml", workdir, weights, data, source)
-            cli = main(["fit", "--config", str(pre), *TINY_TRAINER, *extra])
+            name = "pretrain_cutpaste" if task == "cutpaste" else f"pretrain_poisson_from_{POISSON_SOURCE[dataset]}"
+            pre = _shrunk(CONFIGS / f"{name}.yaml", workdir, source=source)
+            cli = main(["fit", "--config", str(base), "--config", str(pre), *TINY_TRAINER, *extra])
             train = cli.datamodule.datasets["train"]
             assert cli.datamodule.synthetic_anomalies is not None and len(train) > 0
-            checkpoint = workdir / f"runs/msflow_pretrain_{task}_{dataset}/checkpoints/last.ckpt"
+            assert type(cli.model).__name__ == "ExtractorPretraining"
+            checkpoint = workdir / f"runs/msflow_{dataset}_{name}/checkpoints/last.ckpt"
             assert checkpoint.is_file()
             pretrained = cli.model.net.encoder.state_dict()
-        config = _shrunk(CONFIGS / (f"{dataset}.yaml" if task == "none" else f"{dataset}_{task}.yaml"), workdir,
-                         weights, data)
-        common = ["--config", str(config), *TINY_TRAINER, *TINY_FLOW, *extra]
+            handover = ["--config", str(CONFIGS / f"{task}.yaml"),
+                        "--model.init_args.extractor_checkpoint", str(checkpoint)]
+        common = ["--config", str(base), *handover, *TINY_TRAINER, *TINY_FLOW, *extra]
         cli = main(["fit", *common])
         if task != "none":  # the hand-over: every extractor tensor, by name and value
+            assert cli.model.hparams.lr == 1e-6
             ours = cli.model.net.extractor.state_dict()
             assert list(ours) == list(pretrained)
             assert all(torch.equal(ours[k], pretrained[k].to(ours[k].device)) for k in ours)

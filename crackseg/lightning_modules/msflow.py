@@ -11,9 +11,9 @@ Two LightningModules (networks in :mod:`crackseg.models.msflow`):
 
 Two commands (Table I's "with pre-training" columns)::
 
-    crackseg fit --config configs/msflow/pretrain_cutpaste_<dataset>.yaml
-    crackseg fit --config configs/msflow/<dataset>.yaml \\
-        --model.init_args.extractor_checkpoint runs/msflow_pretrain_cutpaste_<dataset>/checkpoints/last.ckpt
+    crackseg fit --config configs/msflow/<dataset>.yaml --config configs/msflow/pretrain_cutpaste.yaml
+    crackseg fit --config configs/msflow/<dataset>.yaml --config configs/msflow/cutpaste.yaml \\
+        --model.init_args.extractor_checkpoint runs/msflow_<dataset>_pretrain_cutpaste/checkpoints/last.ckpt
 
 Paper settings (§III-B1): Adam, lr 1e-4 (MVTec) / 1e-6 (Crack500, and every run with a pre-trained
 extractor), ×1/3 at 70 % and 90 % of training, 100 epochs, batch 8, 512² inputs; pre-training 400 epochs
@@ -52,7 +52,9 @@ def check_extractor_checkpoint(path: str | Path, backbone: str, stages: Sequence
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f"model.extractor_checkpoint not found: {path} (run the pre-training config first, "
-                         "e.g. crackseg fit --config configs/msflow/pretrain_cutpaste_<dataset>.yaml)")
+                         "e.g. crackseg fit --config configs/msflow/<dataset>.yaml --config "
+                         "configs/msflow/pretrain_cutpaste.yaml, then give its "
+                         "runs/msflow_<dataset>_pretrain_cutpaste/checkpoints/last.ckpt)")
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # not a torch.save file (safetensors): nothing to compare
