@@ -96,17 +96,17 @@ DEFAULT_MODULE = "crackseg.lightning_modules"
 WEIGHT_SOURCES = {"weights": None, "extractor_checkpoint": None}
 
 
-def import_class(path: str, base: type | None = None) -> type:
+def import_class(path: str, base: type | None = None, what: str = "the model class") -> type:
     """The class ``package.module.Name``, or a bare ``Name`` of :mod:`crackseg.lightning_modules`.
 
     Raises:
-        CheckpointError: no such module or class, or not a subclass of ``base``.
+        CheckpointError: no such module or class, or not a subclass of ``base`` (``what`` names the setting).
     """
     module_name, _, name = str(path).rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name or DEFAULT_MODULE), name)
     except (ImportError, AttributeError, ValueError) as error:
-        raise CheckpointError(f"cannot import the model class {path!r}: {error}") from None
+        raise CheckpointError(f"cannot import {what} {path!r}: {error}") from None
     if not isinstance(cls, type) or (base is not None and not issubclass(cls, base)):
         raise CheckpointError(f"{path!r} is not a {base.__name__ if base else 'class'} subclass")
     return cls

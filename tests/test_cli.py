@@ -243,3 +243,20 @@ def test_run_folder_is_derived_and_saved_with_the_config(workdir: Path) -> None:
     assert (workdir / "runs/unet_synthetic/checkpoints/best.ckpt").is_file()
     saved = next((workdir / "runs/unet_synthetic").rglob("config.yaml"))
     assert "default_root_dir: runs/unet_synthetic" in saved.read_text()
+
+
+def test_any_network_by_class_path_trains_and_reloads(workdir: Path) -> None:
+    """``SupervisedSegmentation`` builds the network its ``net`` names, like every method builds its own in
+    ``configure_models``; the spec is a hyper-parameter, so ``test`` rebuilds it from the checkpoint."""
+    net = "{class_path: crackseg.models.UNetModel, init_args: {in_channels: 3, base_channels: 4, depth: 2}}"
+    common = ["--model", "SupervisedSegmentation", "--model.init_args.net", net, "--data.init_args.root",
+              str(workdir / "data"), *TINY_DATA, *TINY_TRAINER, "--trainer.default_root_dir", str(workdir / "run")]
+    cli = main(["fit", *common])
+    assert type(cli.model.net).__name__ == "UNetModel"
+    checkpoint = torch.load(workdir / "run/checkpoints/best.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["net"]["class_path"] == "crackseg.models.UNetModel"
+    cli = main(["test", *common, "--ckpt_path", str(workdir / "run/checkpoints/best.ckpt")])
+    assert "test/ods_dataset" in cli.trainer.callback_metrics
+    with pytest.raises(ValueError, match="model.init_args.net"):
+        main(["fit", "--model", "SupervisedSegmentation", "--data.init_args.root", str(workdir / "data"),
+              *TINY_DATA, *TINY_TRAINER])

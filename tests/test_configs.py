@@ -107,3 +107,14 @@ def test_paper_fragment_composes_after_the_dataset_config(method: str, workdir: 
     assert cli.datamodule.val_fraction == paper["data"]["init_args"]["val_fraction"]
     if method == "dfr":
         assert cli.model.net.extractor.channels == 3456  # VGG19 relu1_1 … relu4_4
+
+
+def test_configs_stay_short() -> None:
+    """Issue budget: every config at most 40 non-comment lines, ``configs/`` at most 1,800 lines in all."""
+    total = 0
+    for path in CONFIGS:
+        lines = path.read_text().splitlines()
+        total += len(lines)
+        body = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        assert len(body) <= 40, f"{path.relative_to(REPO)}: {len(body)} non-comment lines"
+    assert total <= 1800, f"configs/ holds {total} lines"

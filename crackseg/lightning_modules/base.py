@@ -172,7 +172,7 @@ class CrackSegModule(LightningModule):
         # The overrides are not hyper-parameters: LightningCLI re-applies a checkpoint's hyper-parameters
         # over the command line, which would undo a threshold given there.
         # Nor are the prediction tiling options: they belong to each predict run.
-        self.save_hyperparameters(ignore=["net", "threshold", "image_threshold", "predict_tile_size",
+        self.save_hyperparameters(ignore=["threshold", "image_threshold", "predict_tile_size",
                                           "predict_tile_overlap", "predict_tile_batch_size", "predict_scale"])
         self.threshold_overrides = {"pixel_threshold": threshold, "image_threshold": image_threshold}
         self.tile_settings = None if predict_tile_size is None else TileSettings(

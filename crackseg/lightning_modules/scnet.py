@@ -94,20 +94,15 @@ class SCNet(SupervisedSegmentation):
         gradcam_layer: str | None = None,
         **kwargs: Any,
     ) -> None:
-        modes = {"both": ("conv", "conv"), "encoder": ("conv", "none"), "scalar": ("scalar", "scalar"),
-                 "none": ("none", "none")}
-        if attention not in modes:
-            raise ValueError(f"model.attention must be one of {sorted(modes)}, got {attention!r}")
+        if attention not in self.ATTENTION_MODES:
+            raise ValueError(f"model.attention must be one of {sorted(self.ATTENTION_MODES)}, got {attention!r}")
         if side_loss is None:
             side_loss = "+".join(t for t in parse_loss(loss) if t not in IOU_TERMS) or loss
         if side_weights is None:
             side_weights = PAPER_SIDE_WEIGHTS[:levels]
         if len(side_weights) != levels:
             raise ValueError(f"model.side_weights needs one weight per level ({levels}), got {list(side_weights)}")
-        encoder_mode, decoder_mode = modes[attention]
-        net = SCNetModel(4 if edges else 3, width_multiplier, levels, encoder_mode, decoder_mode,  # type: ignore[arg-type]
-                         downsampling, vgg_config, attention_kernel_size, init)
-        super().__init__(net=net, loss=loss, side_loss=side_loss, side_weights=side_weights,
+        super().__init__(loss=loss, side_loss=side_loss, side_weights=side_weights,
                          fused_weight=fused_weight, **kwargs)
         self.edge_detector: nn.Module | None = None
         if hed_weights is not None and not edges:
@@ -121,6 +116,16 @@ class SCNet(SupervisedSegmentation):
         except AttributeError as error:
             raise ValueError(f"model.gradcam_layer {self.gradcam_layer!r} is not a submodule of the network "
                              f"(e.g. 'decoder.0', 'encoder.4')") from error
+
+    #: encoder and decoder attention of each ``attention`` setting
+    ATTENTION_MODES = {"both": ("conv", "conv"), "encoder": ("conv", "none"), "scalar": ("scalar", "scalar"),
+                       "none": ("none", "none")}
+
+    def configure_models(self) -> None:
+        hp = self.hparams
+        encoder_mode, decoder_mode = self.ATTENTION_MODES[hp.attention]
+        self.net = SCNetModel(4 if hp.edges else 3, hp.width_multiplier, hp.levels, encoder_mode, decoder_mode,
+                              hp.downsampling, hp.vgg_config, hp.attention_kernel_size, hp.init)
 
     # -- input ----------------------------------------------------------------------------------
     def normalize(self, images: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ from lightning import Callback
 from torch import Tensor, nn
 
 from crackseg.callbacks import F1Threshold
+from crackseg.checkpoint import import_class
 from crackseg.lightning_modules.base import CrackSegModule
 from crackseg.losses import combined_loss, parse_loss
 from crackseg.models import DeepCrackLiuModel, DeepCrackZouModel, EncoderDecoderModel, OEDModel, UNetModel
@@ -27,9 +28,13 @@ from crackseg.models.oed import OED_DECODER_CHANNELS
 class SupervisedSegmentation(CrackSegModule):
     """Pixel-supervised segmentation of the crack class.
 
+    Every method builds its network in :meth:`configure_models` from its hyper-parameters; this class used
+    directly builds the one ``net`` names.
+
     Args:
-        net: the network (class_path of any ``nn.Module`` returning ``{"logits": (B, 1, H, W)}``,
-            plus ``"side_logits"`` for deep supervision).
+        net: the network as a config names it, ``{class_path: ..., init_args: {...}}`` of any ``nn.Module``
+            returning ``{"logits": (B, 1, H, W)}``, plus ``"side_logits"`` for deep supervision (a subclass
+            builds its own and takes none). Kept as a hyper-parameter, so a checkpoint rebuilds it.
         loss: loss terms joined by ``+``, from ``bce``, ``focal`` (α = 1, γ = 2), ``soft_iou``,
             ``lovasz`` (Lovász hinge); applied to the fused output.
         side_loss: loss terms for the side outputs (default: the focal / bce part of ``loss``).
@@ -46,10 +51,9 @@ class SupervisedSegmentation(CrackSegModule):
         """The pixel threshold that maximises F1 over the validation pixels (iterative thresholding)."""
         return F1Threshold, {}
 
-    def __init__(self, net: nn.Module, loss: str = "bce", side_loss: str | None = None,
+    def __init__(self, net: dict[str, Any] | None = None, loss: str = "bce", side_loss: str | None = None,
                  side_weights: Sequence[float] | None = None, fused_weight: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.net = net
         self.loss_terms = parse_loss(loss)
         self.side_loss_terms = parse_loss(side_loss) if side_loss else tuple(
             t for t in self.loss_terms if t != "soft_iou") or self.loss_terms
@@ -57,7 +61,12 @@ class SupervisedSegmentation(CrackSegModule):
         self.fused_weight = fused_weight
 
     def configure_models(self) -> None:
-        """The network is given to the constructor (``net``) and assigned after the base set-up."""
+        """The network ``net`` names (``class_path`` and ``init_args``)."""
+        spec = self.hparams.get("net")
+        if not isinstance(spec, dict) or "class_path" not in spec:
+            raise ValueError("model.init_args.net: give the network as {class_path: ..., init_args: {...}} "
+                             f"(an nn.Module), got {spec!r}")
+        self.net = import_class(spec["class_path"], nn.Module, "model.init_args.net")(**(spec.get("init_args") or {}))
 
     def compute_loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
         """Deep-supervision loss on the images whose pixels are known (``has_mask``: a mask, or a crack-free
@@ -106,7 +115,10 @@ class UNet(SupervisedSegmentation):
     """
 
     def __init__(self, base_channels: int = 64, depth: int = 4, loss: str = "bce", **kwargs: Any) -> None:
-        super().__init__(net=UNetModel(3, base_channels, depth), loss=loss, **kwargs)
+        super().__init__(loss=loss, **kwargs)
+
+    def configure_models(self) -> None:
+        self.net = UNetModel(3, self.hparams.base_channels, self.hparams.depth)
 
 
 class DeepCrackLiu(SupervisedSegmentation):
@@ -135,9 +147,12 @@ class DeepCrackLiu(SupervisedSegmentation):
                  side_bias: bool = False,
                  lr_schedule: Literal["constant", "multistep", "epoch_step", "step", "cosine", "poly"] = "step",
                  lr_step_epochs: int = 40, **kwargs: Any) -> None:
-        super().__init__(net=DeepCrackLiuModel(3, width_multiplier, init_gain=init_gain, side_bias=side_bias),
-                         loss=loss, side_weights=side_weights, lr_schedule=lr_schedule,
-                         lr_step_epochs=lr_step_epochs, **kwargs)
+        super().__init__(loss=loss, side_weights=side_weights, lr_schedule=lr_schedule, lr_step_epochs=lr_step_epochs,
+                         **kwargs)
+
+    def configure_models(self) -> None:
+        hp = self.hparams
+        self.net = DeepCrackLiuModel(3, hp.width_multiplier, init_gain=hp.init_gain, side_bias=hp.side_bias)
 
 
 class DeepCrackZou(SupervisedSegmentation):
@@ -163,8 +178,11 @@ class DeepCrackZou(SupervisedSegmentation):
                  side_weights: Sequence[float] | None = (1.0, 1.0, 1.0, 1.0, 1.0),
                  optimizer: Literal["sgd", "adam", "adamw"] = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
                  **kwargs: Any) -> None:
-        super().__init__(net=DeepCrackZouModel(3, width_multiplier, batch_norm), loss=loss, side_weights=side_weights,
-                         optimizer=optimizer, lr=lr, weight_decay=weight_decay, **kwargs)
+        super().__init__(loss=loss, side_weights=side_weights, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+                         **kwargs)
+
+    def configure_models(self) -> None:
+        self.net = DeepCrackZouModel(3, self.hparams.width_multiplier, self.hparams.batch_norm)
 
 
 class OED(SupervisedSegmentation):
@@ -205,14 +223,18 @@ class OED(SupervisedSegmentation):
                  normalization: Literal["symmetric", "imagenet", "unit"] = "symmetric",
                  optimizer: Literal["sgd", "adam", "adamw"] = "sgd", lr: float = 1e-3, momentum: float = 0.9,
                  weight_decay: float = 2e-5, **kwargs: Any) -> None:
-        net = OEDModel(backbone, weights, decoder_channels, input_channels, deep_supervision=side_weights is not None,
-                       skip_layers=skip_layers)
-        if side_weights is not None and len(side_weights) != len(net.side_heads or []):
-            raise ValueError(f"model.init_args.side_weights needs {len(net.side_heads or [])} weights (one per "
-                             f"decoder block above full resolution), got {list(side_weights)}")
-        super().__init__(net=net, loss=loss, side_weights=side_weights, normalization=normalization,
+        super().__init__(loss=loss, side_weights=side_weights, normalization=normalization,
                          optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, **kwargs)
-        warn_offline_normalization(net.weights_source, normalization)
+
+    def configure_models(self) -> None:
+        hp = self.hparams
+        self.net = OEDModel(hp.backbone, hp.weights, hp.decoder_channels, hp.input_channels,
+                            deep_supervision=hp.side_weights is not None, skip_layers=hp.skip_layers)
+        heads = len(self.net.side_heads or [])
+        if hp.side_weights is not None and len(hp.side_weights) != heads:
+            raise ValueError(f"model.init_args.side_weights needs {heads} weights (one per decoder block above "
+                             f"full resolution), got {list(hp.side_weights)}")
+        warn_offline_normalization(self.net.weights_source, hp.normalization)
 
 
 class EncoderDecoder(SupervisedSegmentation):
@@ -260,11 +282,15 @@ class EncoderDecoder(SupervisedSegmentation):
             raise ValueError(f"model.init_args.freeze_encoder_epochs must be >= 0, got {freeze_encoder_epochs}")
         if encoder_lr_multiplier <= 0:
             raise ValueError(f"model.init_args.encoder_lr_multiplier must be > 0, got {encoder_lr_multiplier}")
-        net = EncoderDecoderModel(arch, encoder, weights, encoder_depth, decoder_channels, arch_kwargs)
-        super().__init__(net=net, loss=loss, normalization=normalization, optimizer=optimizer, lr=lr,
+        super().__init__(loss=loss, normalization=normalization, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, lr_schedule=lr_schedule, lr_warmup_fraction=lr_warmup_fraction,
                          **kwargs)
-        warn_offline_normalization(net.weights_source, normalization)
+
+    def configure_models(self) -> None:
+        hp = self.hparams
+        self.net = EncoderDecoderModel(hp.arch, hp.encoder, hp.weights, hp.encoder_depth, hp.decoder_channels,
+                                       hp.arch_kwargs)
+        warn_offline_normalization(self.net.weights_source, hp.normalization)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The encoder at ``lr × encoder_lr_multiplier``, the rest at ``lr`` (the encoder is in the optimiser
