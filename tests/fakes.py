@@ -267,6 +267,7 @@ class TinyCrackClassifierNet(nn.Module):
             contrast.weight.copy_(kernel.expand(1, 3, 5, 5) / 3.0)
             contrast.bias.fill_(-0.1)
         self.target_layer = nn.Sequential(contrast, nn.ReLU(), nn.AvgPool2d(pool, ceil_mode=True))
+        self.reduction = pool  # the feature map's stride
         self.head = nn.Linear(1, 2)
         with torch.no_grad():
             self.head.weight.copy_(torch.tensor([[0.0], [gain]]))
@@ -275,8 +276,11 @@ class TinyCrackClassifierNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.target_layer(x)
 
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features.mean(dim=(2, 3)))
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"logits": self.head(self.features(x).mean(dim=(2, 3)))}
+        return {"logits": self.classify(self.features(x))}
 
 
 class TinyCrackClassifier(LightningModule):

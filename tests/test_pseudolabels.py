@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import fakes
 import numpy as np
 import pytest
@@ -545,3 +546,50 @@ def test_fast_equals_reference_on_padded_real_size_images_with_a_multichannel_cl
         assert np.array_equal(a.stages["threshold_mask"], b.stages["threshold_mask"])
         assert np.abs(a.confidence.astype(int) - b.confidence.astype(int)).max() <= 1
         assert iou(a.label, b.label) >= 0.99 and a.kept == b.kept
+
+
+def test_grid_crack_mask_in_bands_is_bit_exact() -> None:
+    grey = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (480, 224), dtype=np.uint8))
+    whole = grid_crack_mask(grey)
+    for band_rows in (8, 56, 100, 300):
+        assert torch.equal(grid_crack_mask(grey, band_rows=band_rows), whole), band_rows
+
+
+def _large_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A grey textured photo with a few dark crack lines, larger than the tiles."""
+    rng = np.random.default_rng(seed)
+    image = np.clip(rng.normal(150, 12, (height, width, 3)), 0, 255).astype(np.uint8)
+    for k in range(4):
+        cv2.line(image, (int(rng.integers(width)), 0), (int(rng.integers(width)), height - 1), (40, 40, 40), 2 + k % 2)
+    return image
+
+
+def test_tiled_pseudo_labels_equal_whole_image_ones() -> None:
+    """A photo larger than tile + 2 margins goes by tiles (feature map by tiles, thresholding in bands) and every
+    stage comes out as for the whole image, the label bit for bit."""
+    photo = _large_photo(520, 392)
+    whole = FastPseudoLabeler(fakes.TinyCrackClassifier(), device="cpu", tile_size=None)
+    tiled = FastPseudoLabeler(fakes.TinyCrackClassifier(), device="cpu", tile_size=80, tile_margin=32)
+    assert tiled.tiled(photo) and not whole.tiled(photo)
+    (a,), (b,) = whole([photo], keep_stages=True), tiled([photo], keep_stages=True)
+    assert a.crack_pixels > 100
+    for stage in ("patch_map", "cam", "localisation", "threshold_mask"):
+        assert np.array_equal(a.stages[stage], b.stages[stage]), stage
+    assert np.array_equal(a.label, b.label) and np.array_equal(a.confidence, b.confidence)
+
+
+def test_tiled_feature_map_of_a_real_backbone_is_the_whole_image_one() -> None:
+    """With a margin of the receptive-field radius the tiles' feature map is the whole image's."""
+    from crackseg.lightning_modules.classifier import CrackClassifier
+
+    torch.manual_seed(0)
+    classifier = CrackClassifier(backbone="resnet10t", weights=None, hidden_features=8, normalization="imagenet")
+    generator = FastPseudoLabeler(classifier, device="cpu", tile_size=256, tile_margin=512)
+    photo = _large_photo(1312, 600, seed=1)
+    assert generator.tiled(photo)
+    with torch.no_grad():
+        whole = classifier.net.features(classifier.normalize(torch.from_numpy(photo).permute(2, 0, 1)[None]
+                                                             .float() / 255))
+    tiled = generator.tiled_features(photo)
+    assert tiled.shape == whole.shape
+    assert torch.allclose(tiled, whole, rtol=0, atol=1e-5), (tiled - whole).abs().max()

@@ -20,11 +20,13 @@ normalises ``alpha`` by its spatial sum; those are departures from the GradCAM++
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["gradcam_plus_plus"]
+__all__ = ["gradcam_plus_plus", "gradcam_plus_plus_from_features"]
 
 
 def gradcam_plus_plus(net: nn.Module, inputs: Tensor, class_index: int | None = None,
@@ -72,7 +74,36 @@ def gradcam_plus_plus(net: nn.Module, inputs: Tensor, class_index: int | None = 
         handle.remove()
         for p, flag in zip(parameters, flags, strict=True):
             p.requires_grad_(flag)
-    features = store["features"].detach().float()
+    return _gradcam_maps(store["features"].detach(), grads)
+
+
+def gradcam_plus_plus_from_features(classify: Callable[[Tensor], Tensor], features: Tensor,
+                                    class_index: int | None = None) -> Tensor:
+    """GradCAM++ maps from a feature map computed beforehand (e.g. tile by tile: :mod:`crackseg.pseudolabels`).
+
+    Args:
+        classify: the network's part after the feature map, ``(B, K, h, w) -> (B, n_classes)`` logits
+            (``CrackClassifierNet.classify``).
+        features: the feature map ``(B, K, h, w)`` of ``net.target_layer``.
+        class_index: class whose score is explained; None takes each image's arg-max class.
+
+    Returns:
+        ``(B, h, w)`` float32 maps in [0, 1], as :func:`gradcam_plus_plus` gives for the same feature map.
+    """
+    leaf = features.detach().requires_grad_(True)
+    with torch.inference_mode(False), torch.enable_grad():
+        logits = classify(leaf.clone())
+        if class_index is None:
+            chosen = logits.detach().argmax(dim=1)
+        else:
+            chosen = torch.full((logits.shape[0],), int(class_index), dtype=torch.long, device=logits.device)
+        (grads,) = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), leaf)
+    return _gradcam_maps(leaf.detach(), grads)
+
+
+def _gradcam_maps(features: Tensor, grads: Tensor) -> Tensor:
+    """The closed form of the module docstring: ``(B, h, w)`` maps, each divided by its maximum."""
+    features = features.float()
     grads = grads.float()
     g2 = grads * grads
     denominator = 2.0 * g2 + features.sum(dim=(2, 3), keepdim=True) * g2 * grads

@@ -54,6 +54,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=256, help="patches per classifier forward pass")
     parser.add_argument("--precision", type=Literal["32", "bf16", "16"], default="32",
                         help="patch classification in float32 (the paper) or bf16 / 16 autocast (GPU tensor cores)")
+    parser.add_argument("--tile_size", type=int | None, default=1024,
+                        help="photos with a side above tile_size + 2 tile_margin px go by tiles: bounded memory, "
+                             "the same labels (null: whole images)")
+    parser.add_argument("--tile_margin", type=int, default=512,
+                        help="context around each tile (>= the classifier's receptive-field radius: same labels)")
     parser.add_argument("--images_per_batch", type=int, default=8, help="images the generator processes together")
     parser.add_argument("--overwrite", type=bool, default=False,
                         help="replace train_img/ train_lab/ test_img/ test_lab/ quality.json of a non-empty --out")
@@ -76,7 +81,7 @@ def main(args: Sequence[str] | None = None) -> dict[str, Any]:
         classifier, init.data, cfg.out, split=cfg.split, generator=cfg.generator, include_test=cfg.include_test,
         config=init.params, device=cfg.device, batch_size=cfg.batch_size, precision=cfg.precision,
         images_per_batch=cfg.images_per_batch, overwrite=cfg.overwrite, progress=cfg.progress,
-        classifier_name=str(cfg.ckpt_path))
+        classifier_name=str(cfg.ckpt_path), tile_size=cfg.tile_size, tile_margin=cfg.tile_margin)
     summary = {key: report[key] for key in ("images", "labelled", "below_min_crack_pixels", "images_per_second")}
     print(json.dumps({**summary, "quality": report["quality"]}, indent=2))
     print(f"pseudo-labelled dataset written to {cfg.out} (DeepCrack layout; details in quality.json)")

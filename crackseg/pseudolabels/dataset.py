@@ -200,6 +200,8 @@ def pseudo_label_dataset(
     overwrite: bool = False,
     progress: bool = True,
     classifier_name: str | None = None,
+    tile_size: int | None = 1024,
+    tile_margin: int = 512,
 ) -> dict[str, Any]:
     """Pseudo-label the images of one split and write a DeepCrack-layout dataset (see the module docstring).
 
@@ -222,6 +224,9 @@ def pseudo_label_dataset(
             ``quality.json`` of a non-empty ``out`` (other files there are left alone).
         progress: show a progress bar.
         classifier_name: recorded in ``quality.json`` (the checkpoint path).
+        tile_size: photos with a side above ``tile_size + 2 * tile_margin`` px are processed by tiles, with
+            bounded memory and the same labels (:class:`~crackseg.pseudolabels.generator.PseudoLabelGenerator`).
+        tile_margin: context around each tile, at least the classifier's receptive-field radius.
 
     Returns:
         The content of ``quality.json``.
@@ -244,7 +249,8 @@ def pseudo_label_dataset(
         raise DataError(f"the {split} split of {name} under {datamodule.root} is empty: nothing to pseudo-label")
     targets = chosen + (list(splits["test"]) if include_test and split != "test" else [])
     _check_out(out, overwrite, targets + list(splits["test"]))
-    labeller = build_generator(generator, classifier, config, device, batch_size, precision=precision)
+    labeller = build_generator(generator, classifier, config, device, batch_size, precision=precision,
+                               tile_size=tile_size, tile_margin=tile_margin)
 
     if overwrite:
         for folder in LAYOUT:

@@ -44,7 +44,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from crackseg.models.gradcam import gradcam_plus_plus
+from crackseg.models.gradcam import gradcam_plus_plus, gradcam_plus_plus_from_features
 from crackseg.pseudolabels.config import CRACK_CLASS, PseudoLabelConfig
 from crackseg.pseudolabels.multiotsu import grid_crack_mask, reference_patch_crack_mask
 
@@ -194,13 +194,24 @@ class PseudoLabelGenerator:
             paper), ``"bf16"`` or ``"16"`` autocast (bfloat16 / float16 tensor cores on a GPU). GradCAM++ always runs
             in float32 (its third powers of gradients underflow in 16 bits). Reduced precision moves patch
             probabilities by about 1e-2, so labels may differ from float32 ones at a few pixels.
+        tile_size: a photo with a side longer than ``tile_size + 2 * tile_margin`` px is processed by tiles
+            (:class:`FastPseudoLabeler`): its GradCAM++ feature map tile by tile (``tile_size``-px squares, each
+            run with ``tile_margin`` px of context around it), its thresholding in bands of ``tile_size``
+            rows, so memory follows the tile, not the photo. None: whole images.
+        tile_margin: context around each tile (a multiple of the feature map's stride). At least the
+            backbone's receptive-field radius (EfficientNet-Lite0: 425 px; ResNet50 less), the tiled feature
+            map is the whole-image one and the labels are the same.
     """
 
     name = "base"
 
     def __init__(self, classifier: CrackClassifierLike, config: PseudoLabelConfig | None = None,
                  device: str | torch.device = "auto", batch_size: int = 256, channels_last: bool = True,
-                 precision: Literal["32", "bf16", "16"] = "32") -> None:
+                 precision: Literal["32", "bf16", "16"] = "32", tile_size: int | None = 1024,
+                 tile_margin: int = 512) -> None:
+        if tile_size is not None and tile_size < 1 or tile_margin < 0:
+            raise ValueError(f"tile_size must be >= 1 (or None) and tile_margin >= 0, got {tile_size}, {tile_margin}")
+        self.tile_size, self.tile_margin = tile_size, tile_margin
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if str(precision) not in PRECISIONS:
@@ -232,16 +243,51 @@ class PseudoLabelGenerator:
             image = np.array(image, order="C")
         return image
 
+    def tiled(self, image: np.ndarray) -> bool:
+        """Whether ``image`` is processed by tiles (a side longer than ``tile_size + 2 * tile_margin``)."""
+        return self.tile_size is not None and max(image.shape[:2]) > self.tile_size + 2 * self.tile_margin
+
     def _cam_class(self) -> int | None:
         return CRACK_CLASS if self.config.cam_class == "crack" else None
 
     def _cam_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """GradCAM++ of same-size images in one pass, upsampled to the image size."""
+        """GradCAM++ of same-size images in one pass, upsampled to the image size (a large photo: its
+        feature map by tiles, :meth:`tiled_features`)."""
+        size = images[0].shape[:2]
+        if self.tiled(images[0]) and hasattr(self.classifier.net, "classify"):
+            return [upsample(gradcam_plus_plus_from_features(self.classifier.net.classify, self.tiled_features(image),
+                                                             self._cam_class())[0].cpu().numpy(),
+                             size, self.config.code_quirks) for image in images]
         batch = torch.cat([_to_tensor(image, self.device) for image in images])
         batch = batch.contiguous(memory_format=self.memory_format)
         maps = gradcam_plus_plus(self.classifier.net, self.classifier.normalize(batch), self._cam_class())
-        size = images[0].shape[:2]
         return [upsample(cam, size, self.config.code_quirks) for cam in maps.cpu().numpy()]
+
+    def tiled_features(self, image: np.ndarray) -> Tensor:
+        """The classifier's last feature map ``(1, K, h, w)`` of ``image``, computed by ``tile_size`` squares with
+        ``tile_margin`` px of context (both rounded up to the map's stride) and stitched cell by cell."""
+        net = self.classifier.net
+        reduction = int(getattr(net, "reduction", 32))
+        tile = -(-int(self.tile_size or max(image.shape[:2])) // reduction) * reduction
+        margin = -(-self.tile_margin // reduction) * reduction
+        height, width = image.shape[:2]
+        features: Tensor | None = None
+        with torch.no_grad():
+            for top in range(0, height, tile):
+                for left in range(0, width, tile):
+                    y0, x0 = max(0, top - margin), max(0, left - margin)
+                    y1, x1 = min(height, top + tile + margin), min(width, left + tile + margin)
+                    x = self.classifier.normalize(_to_tensor(image[y0:y1, x0:x1], self.device))
+                    cells = net.features(x.contiguous(memory_format=self.memory_format)).float()
+                    if features is None:  # the whole map's size: cells of the stride, the last one partial
+                        features = cells.new_zeros((1, cells.shape[1], -(-height // reduction), -(-width // reduction)))
+                    rows = slice(top // reduction, min(features.shape[2], (top + tile) // reduction))
+                    cols = slice(left // reduction, min(features.shape[3], (left + tile) // reduction))
+                    r0, c0 = (top - y0) // reduction, (left - x0) // reduction
+                    features[:, :, rows, cols] = cells[:, :, r0:r0 + rows.stop - rows.start,
+                                                       c0:c0 + cols.stop - cols.start]
+        assert features is not None
+        return features
 
     def __call__(self, images: Sequence[np.ndarray], keep_stages: bool = False) -> list[PseudoLabel]:
         """Pseudo labels of RGB uint8 images (any sizes >= the patch size)."""
@@ -340,37 +386,36 @@ class FastPseudoLabeler(PseudoLabelGenerator):
         pad_h, pad_w = -image.shape[0] % size, -image.shape[1] % size
         return F.pad(tensor, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else tensor
 
-    def _patches(self, image: np.ndarray) -> tuple[Tensor, tuple[int, int]]:
-        """The normalised 32 x 32 patches (stride 16) of the padded image, (N, 3, s, s), and the patch grid.
+    def _windows(self, image: np.ndarray) -> Tensor:
+        """The 32 x 32 patches (stride 16) of the normalised, padded image as a view ``(gh, gw, ...)`` (no copy).
 
         The image is normalised once (the same per-pixel operation as per patch); with channels-last memory the
-        patches are cut from the (H, W, 3) view, so the one copy made is already in the network's layout.
+        patches are cut from the (H, W, 3) view, so the copy :meth:`_cut` makes is already in the network's layout.
         """
         size, stride = self.config.patch_size, self.config.classifier_stride
         normalised = self.classifier.normalize(self._padded(image))[0]  # (3, Ph, Pw)
         if self.memory_format == torch.channels_last:
-            windows = normalised.permute(1, 2, 0).unfold(0, size, stride).unfold(1, size, stride)  # gh, gw, 3, s, s
-            grid = (windows.shape[0], windows.shape[1])
-            patches = windows.permute(0, 1, 3, 4, 2).reshape(-1, size, size, 3).permute(0, 3, 1, 2)
+            return normalised.permute(1, 2, 0).unfold(0, size, stride).unfold(1, size, stride)  # gh, gw, 3, s, s
+        return normalised.unfold(1, size, stride).unfold(2, size, stride).permute(1, 2, 0, 3, 4)  # gh, gw, 3, s, s
+
+    def _cut(self, windows: Tensor, lo: int, hi: int) -> Tensor:
+        """Patches ``lo:hi`` (row-major over the patch grid) of :meth:`_windows`, ``(hi - lo, 3, s, s)``: only
+        the grid rows they lie in are copied."""
+        size, gw = self.config.patch_size, windows.shape[1]
+        first, last = lo // gw, (hi - 1) // gw + 1
+        rows = windows[first:last]
+        if self.memory_format == torch.channels_last:
+            patches = rows.permute(0, 1, 3, 4, 2).reshape(-1, size, size, 3).permute(0, 3, 1, 2)
         else:
-            windows = normalised.unfold(1, size, stride).unfold(2, size, stride)  # 3, gh, gw, s, s
-            grid = (windows.shape[1], windows.shape[2])
-            patches = windows.permute(1, 2, 0, 3, 4).reshape(-1, 3, size, size)
-        return patches, grid
+            patches = rows.reshape(-1, 3, size, size)
+        return patches[lo - first * gw:hi - first * gw]
 
     def patch_maps(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         cfg = self.config
         size, stride = cfg.patch_size, cfg.classifier_stride
         net = self.classifier.net
         net.eval()
-        cut = [self._patches(image) for image in images]
-        grids = [grid for _, grid in cut]
-        stacked = cut[0][0] if len(cut) == 1 else torch.cat([patches for patches, _ in cut])  # batches across images
-        with torch.no_grad(), self.autocast():
-            probabilities = torch.cat([net(stacked[start:start + self.batch_size])["logits"].float()
-                                       .softmax(dim=1)[:, CRACK_CLASS]
-                                       for start in range(0, stacked.shape[0], self.batch_size)])
-        probabilities = probabilities.float().cpu().numpy()
+        probabilities, grids = self._patch_probabilities(images)
         maps, offset = [], 0
         per_cell = size // stride
         for image, (gh, gw) in zip(images, grids, strict=True):
@@ -391,6 +436,27 @@ class FastPseudoLabeler(PseudoLabelGenerator):
             maps.append(upsample(cells, padded_size, cfg.code_quirks)[:image.shape[0], :image.shape[1]])
         return maps
 
+    def _patch_probabilities(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Crack probabilities of every patch of the images in order, in batches of ``batch_size`` across images,
+        each batch's patches cut when it runs (memory: one batch, not every patch of a large photo)."""
+        net = self.classifier.net
+        windows = [self._windows(image) for image in images]
+        grids = [(w.shape[0], w.shape[1]) for w in windows]
+        counts = [gh * gw for gh, gw in grids]
+        total, out = sum(counts), []
+        with torch.no_grad(), self.autocast():
+            for start in range(0, total, self.batch_size):
+                stop, parts, offset = min(total, start + self.batch_size), [], 0
+                for view, count in zip(windows, counts, strict=True):
+                    lo, hi = max(start, offset), min(stop, offset + count)
+                    if lo < hi:
+                        parts.append(self._cut(view, lo - offset, hi - offset))
+                    offset += count
+                batch = parts[0] if len(parts) == 1 else torch.cat(parts)
+                out.append(net(batch.contiguous(memory_format=self.memory_format))["logits"].float()
+                           .softmax(dim=1)[:, CRACK_CLASS].cpu())
+        return torch.cat(out).numpy(), grids
+
     def cams(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         by_size: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(images):
@@ -406,7 +472,7 @@ class FastPseudoLabeler(PseudoLabelGenerator):
         masks = []
         for image in images:
             grey = torch.from_numpy(pad_bottom_right(threshold_input(image, self.config), size)).to(self.device)
-            mask = grid_crack_mask(grey, size, stride)
+            mask = grid_crack_mask(grey, size, stride, band_rows=self.tile_size if self.tiled(image) else None)
             masks.append(mask[:image.shape[0], :image.shape[1]].cpu().numpy())
         return masks
 
@@ -417,9 +483,10 @@ GENERATORS: dict[str, type[PseudoLabelGenerator]] = {"fast": FastPseudoLabeler, 
 def build_generator(name: Literal["fast", "reference"], classifier: CrackClassifierLike,
                     config: PseudoLabelConfig | None = None, device: str | torch.device = "auto",
                     batch_size: int = 256, channels_last: bool = True,
-                    precision: Literal["32", "bf16", "16"] = "32") -> PseudoLabelGenerator:
+                    precision: Literal["32", "bf16", "16"] = "32", tile_size: int | None = 1024,
+                    tile_margin: int = 512) -> PseudoLabelGenerator:
     """The generator called ``name`` (``"fast"`` or ``"reference"``); the arguments are those of
     :class:`PseudoLabelGenerator`."""
     if name not in GENERATORS:
         raise ValueError(f"unknown pseudo-label generator {name!r}: choose one of {sorted(GENERATORS)}")
-    return GENERATORS[name](classifier, config, device, batch_size, channels_last, precision)
+    return GENERATORS[name](classifier, config, device, batch_size, channels_last, precision, tile_size, tile_margin)

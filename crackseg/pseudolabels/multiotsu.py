@@ -231,7 +231,7 @@ def patch_crack_masks(patches: Tensor, chunk: int = 8192) -> Tensor:
     return patches < _crack_limits(levels, lo, spread).to(torch.uint8)
 
 
-def grid_crack_mask(grey: Tensor, size: int = 32, stride: int = 8) -> Tensor:
+def grid_crack_mask(grey: Tensor, size: int = 32, stride: int = 8, band_rows: int | None = None) -> Tensor:
     """König et al.'s thresholding of a whole grey image: crack = below the lowest 3-class multi-Otsu threshold
     of *every* ``size`` x ``size`` patch (stride ``stride``) covering the pixel.
 
@@ -248,6 +248,9 @@ def grid_crack_mask(grey: Tensor, size: int = 32, stride: int = 8) -> Tensor:
         grey: ``(H, W)`` uint8, ``H`` and ``W`` multiples of ``size`` (the generator mirror-pads).
         size: patch side (32).
         stride: patch stride (8); must divide ``size``.
+        band_rows: compute the mask in horizontal bands of about this many rows (each with the ``size - stride``
+            rows above and below whose patches cover it), bounding the temporaries of a large photo to its
+            band; the result is the same, bit for bit. None: the whole image at once.
 
     Returns:
         ``(H, W)`` bool crack mask.
@@ -259,6 +262,22 @@ def grid_crack_mask(grey: Tensor, size: int = 32, stride: int = 8) -> Tensor:
     height, width = grey.shape
     if height % size or width % size:
         raise ValueError(f"the image ({width}x{height}) must be padded to a multiple of the patch size {size}")
+    margin = size - stride  # the rows of the patches that cover a band's first / last row
+    if band_rows is None or height <= band_rows + 2 * margin:
+        return _grid_crack_mask(grey, size, stride)
+    step = max(stride, band_rows // stride * stride)
+    mask = torch.empty(grey.shape, dtype=torch.bool, device=grey.device)
+    for top in range(0, height, step):
+        bottom = min(height, top + step)
+        start, stop = max(0, top - margin), min(height, bottom + margin)
+        mask[top:bottom] = _grid_crack_mask(grey[start:stop], size, stride)[top - start:bottom - start]
+    return mask
+
+
+def _grid_crack_mask(grey: Tensor, size: int, stride: int) -> Tensor:
+    """:func:`grid_crack_mask` of ``grey`` whose sides are multiples of ``stride`` (a band of a padded image:
+    the patches are those lying inside it)."""
+    height, width = grey.shape
     k, device = size // stride, grey.device
     rows, cols = height // stride, width // stride
     cells = grey.view(rows, stride, cols, stride).permute(0, 2, 1, 3).reshape(rows * cols, stride * stride)
