@@ -414,3 +414,28 @@ def test_score_border_and_extractor_padding_switches() -> None:
     assert convs and all(m.padding_mode == "reflect" for m in convs)
     with pytest.raises(ValueError, match="score_border"):
         DFR(backbone="resnet18", blocks=[1], layers=None, weights=None, latent_dim=4, score_border=-1)
+
+
+def test_anomaly_scores_benchmark_rescores_a_finished_run(workdir: Path) -> None:
+    """benchmarks/anomaly_scores re-scores a run's test maps under each score switch; its bold cell (the run's
+    own setting) is the image AUROC ``crackseg test`` reports."""
+    from fakes import make_magnetic_tile
+
+    from benchmarks import anomaly_scores
+
+    root = make_magnetic_tile(workdir / "mt", n_free=8)
+    common = ["--config", str(CONFIGS / "dfr" / "magnetic_tile.yaml"), "--data.init_args.root", str(root),
+              "--data.init_args.image_size", "[64, 64]", "--data.init_args.batch_size", "2",
+              "--model.init_args.weights", "null", "--model.init_args.backbone", "resnet18",
+              "--model.init_args.layers", "null", "--model.init_args.blocks", "[1]", "--model.init_args.latent_dim",
+              "4", "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar",
+              "false", "--trainer.logger", "false"]
+    main(["fit", *common])
+    run = workdir / "runs/dfr_magnetic_tile"
+    cli = main(["test", *common, "--ckpt_path", str(run / "checkpoints/best.ckpt")])
+    text = anomaly_scores.main(["--run", f"DFR={run}", "--border", "4"])
+    row = next(line for line in text.splitlines() if line.startswith("| DFR |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")][2:]
+    assert len(cells) == 6 and cells[0].startswith("**")  # the run scored by max, whole map
+    assert float(cells[0].strip("*")) == pytest.approx(100 * float(cli.trainer.callback_metrics["test/image_auroc"]),
+                                                       abs=0.05)

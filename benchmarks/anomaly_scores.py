@@ -1,0 +1,99 @@
+"""Image AUROC of trained SkipAE / DFR checkpoints under each image-score switch (issue 17).
+
+    python -m benchmarks.anomaly_scores --run SkipAE=runs/bench/cpu-anomaly/SkipAE_magnetic_tile \\
+        --run DFR=runs/bench/cpu-anomaly/DFR_magnetic_tile [--border 8] [--write]
+
+Each ``--run NAME=FOLDER`` is a finished ``crackseg fit`` run (its ``checkpoints/best.ckpt`` and the
+``config.yaml`` the CLI saved under it). The checkpoint's anomaly maps of the test split are computed once (the
+score does not change them); each image is then scored by ``score: max`` (the papers), ``topk`` (mean of the top
+``topk_fraction``) and ``mean``, with the whole map and with ``--border`` pixels per side left out
+(``score_border``), and ranked against the labels with crackseg's exact image AUROC. Prints a table
+(``--write``: also the section ``anomaly_scores`` of RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from benchmarks.common import commit, machine, usable_cores, write_section
+from crackseg import datamodules, lightning_modules
+from crackseg.metrics import ImageMetrics
+
+SCORES = ("max", "topk", "mean")
+
+
+def saved_config(folder: Path) -> dict:
+    """The resolved config the CLI saved for the run (the newest ``config.yaml`` under its folder)."""
+    found = sorted(folder.rglob("config.yaml"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise SystemExit(f"no config.yaml under {folder}: not a finished crackseg run")
+    return yaml.safe_load(found[-1].read_text())
+
+
+def test_maps(folder: Path) -> tuple[object, list[torch.Tensor], list[dict], torch.Tensor]:
+    """The checkpoint's module, its test maps and outputs per batch, and the test labels."""
+    config = saved_config(folder)
+    model_cls = getattr(lightning_modules, config["model"]["class_path"].rpartition(".")[2])
+    model = model_cls.load_from_checkpoint(folder / "checkpoints" / "best.ckpt", map_location="cpu").eval()
+    data_cls = getattr(datamodules, config["data"]["class_path"].rpartition(".")[2])
+    datamodule = data_cls(**config["data"].get("init_args", {}))
+    datamodule.setup("test")
+    maps, outputs, labels = [], [], []
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            out = model(batch["image"])
+            maps.append(model.anomaly_map(out))
+            outputs.append(out)
+            labels.append(batch["label"])
+    return model, maps, outputs, torch.cat(labels)
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    metric = ImageMetrics()
+    metric.update(scores.float(), labels, 0.0)
+    return float(metric.compute()["image_auroc"]) * 100
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", action="append", required=True, help="NAME=FOLDER of a finished fit run")
+    parser.add_argument("--border", type=int, default=8, help="score_border of the border-excluded rows (pixels)")
+    parser.add_argument("--write", action="store_true", help="replace the section anomaly_scores of RESULTS.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(usable_cores())
+    rows = []
+    for item in args.run:
+        name, _, folder = item.partition("=")
+        model, maps, outputs, labels = test_maps(Path(folder))
+        paper = (model.hparams.score, int(model.hparams.score_border))
+        cells = []
+        for border in (0, args.border):
+            for score in SCORES:
+                model.hparams.score, model.hparams.score_border = score, border
+                value = auroc(torch.cat([model.image_score(m, o) for m, o in zip(maps, outputs, strict=True)]), labels)
+                cells.append(f"**{value:.1f}**" if (score, border) == paper else f"{value:.1f}")
+        rows.append(f"| {name} | {len(labels)} ({int(labels.sum())} defective) | " + " | ".join(cells) + " |")
+    header = " | ".join(f"{s}" for s in SCORES) + " | " + " | ".join(f"{s}, border {args.border}" for s in SCORES)
+    text = f"""## Image-score switches of the trained feature autoencoders (issue 17)
+
+Command: `python -m benchmarks.anomaly_scores {' '.join(argv or sys.argv[1:])}`; machine: {machine()}; commit
+{commit()}. The best checkpoints of the `run_cpu-anomaly` rows, their test maps computed once and scored
+by each `score` (`topk`: mean of the top `topk_fraction`) with the whole map and with `score_border:
+{args.border}`; image AUROC % (crackseg's exact rank AUROC). Bold: the configuration the run was tested with.
+
+| run | test images | {header} |
+|---|---|{'---|' * (2 * len(SCORES))}
+""" + "\n".join(rows) + "\n"
+    print(text)
+    if args.write:
+        write_section("anomaly_scores", text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
