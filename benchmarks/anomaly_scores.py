@@ -1,4 +1,4 @@
-"""Image AUROC of trained SkipAE / DFR checkpoints under each image-score switch (issue 17).
+"""Image AUROC of trained SkipAE / DFR / VAEGradCAM checkpoints under each image-score switch (issue 17).
 
     python -m benchmarks.anomaly_scores --run SkipAE=runs/bench/cpu-anomaly/SkipAE_magnetic_tile \\
         --run DFR=runs/bench/cpu-anomaly/DFR_magnetic_tile [--border 8] [--write]
@@ -7,8 +7,11 @@ Each ``--run NAME=FOLDER`` is a finished ``crackseg fit`` run (its ``checkpoints
 ``config.yaml`` the CLI saved under it). The checkpoint's anomaly maps of the test split are computed once (the
 score does not change them); each image is then scored by ``score: max`` (the papers), ``topk`` (mean of the top
 ``topk_fraction``) and ``mean``, with the whole map and with ``--border`` pixels per side left out
-(``score_border``), and ranked against the labels with crackseg's exact image AUROC. Prints a table
-(``--write``: also the section ``anomaly_scores`` of RESULTS.md).
+(``score_border``), and ranked against the labels with crackseg's exact image AUROC. A VAEGradCAM run gets its own
+table: its ``score`` switches (``l2``: the mean squared reconstruction error of §3.3, ``l1``, ``attention_std``)
+beside diagnostics of what the error measures: the image's mean brightness alone, the squared error after
+removing each image's mean residual (a brightness offset), and the top-1 % mean of the residual map. Prints
+the tables (``--write``: also the section ``anomaly_scores`` of RESULTS.md).
 """
 
 from __future__ import annotations
@@ -59,6 +62,24 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float(metric.compute()["image_auroc"]) * 100
 
 
+def vae_scores(maps: list[torch.Tensor], outputs: list[dict], labels: torch.Tensor) -> dict[str, float]:
+    """Image AUROC % of VAEGradCAM's score switches and of brightness diagnostics, from its test outputs."""
+    scores: dict[str, list[torch.Tensor]] = {}
+    for seg, out in zip(maps, outputs, strict=True):
+        target = out["target"].float()
+        residual = torch.sigmoid(out["logits"].float()) - target
+        flat = residual.flatten(1)
+        centred = flat - flat.mean(1, keepdim=True)
+        per_pixel = residual.abs().mean(1).flatten(1)
+        k = max(1, per_pixel.shape[1] // 100)
+        for name, value in (("l2 (§3.3)", flat.pow(2).mean(1)), ("l1", flat.abs().mean(1)),
+                            ("attention_std", seg.flatten(1).std(1)), ("mean brightness", target.flatten(1).mean(1)),
+                            ("l2 minus mean residual", centred.pow(2).mean(1)),
+                            ("residual top-1 % mean", per_pixel.topk(k, dim=1).values.mean(1))):
+            scores.setdefault(name, []).append(value)
+    return {name: auroc(torch.cat(values), labels) for name, values in scores.items()}
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", action="append", required=True, help="NAME=FOLDER of a finished fit run")
@@ -66,10 +87,13 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--write", action="store_true", help="replace the section anomaly_scores of RESULTS.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(usable_cores())
-    rows = []
+    rows, vae = [], []
     for item in args.run:
         name, _, folder = item.partition("=")
         model, maps, outputs, labels = test_maps(Path(folder))
+        if isinstance(model, lightning_modules.VAEGradCAM):
+            vae.append((name, vae_scores(maps, outputs, labels), len(labels)))
+            continue
         paper = (model.hparams.score, int(model.hparams.score_border))
         cells = []
         for border in (0, args.border):
@@ -89,6 +113,10 @@ by each `score` (`topk`: mean of the top `topk_fraction`) with the whole map and
 | run | test images | {header} |
 |---|---|{'---|' * (2 * len(SCORES))}
 """ + "\n".join(rows) + "\n"
+    for name, values, n in vae:
+        text += (f"\n{name} ({n} test images), image AUROC % of each score (the paper's: l2):\n\n| "
+                 + " | ".join(values) + " |\n|" + "---|" * len(values) + "\n| "
+                 + " | ".join(f"{v:.1f}" for v in values.values()) + " |\n")
     print(text)
     if args.write:
         write_section("anomaly_scores", text)
