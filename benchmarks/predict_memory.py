@@ -1,6 +1,6 @@
 """Peak memory and speed of full-resolution tiled ``crackseg predict`` on a 6000 x 4000 synthetic photo.
 
-    python benchmarks/predict_memory.py [--size 6000 4000] [--tiles 512:4 1024:1] [--overlap 64]
+    python -m benchmarks.predict_memory [--size 6000 4000] [--tiles 512:4 1024:1] [--overlap 64]
         [--base-channels 16] [--depth 4] [--device cpu] [--train-steps 300] [--runs 3] [--write]
         [--workdir runs/bench_predict_memory]
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + text)
     if opts.write:
         write_section("predict_memory", "## Full-resolution tiled prediction: peak memory and speed\n"
-                      f"Command: `python benchmarks/predict_memory.py {' '.join(argv or sys.argv[1:])}`\n\n" + text)
+                      f"Command: `python -m benchmarks.predict_memory {' '.join(argv or sys.argv[1:])}`\n\n" + text)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Speed of the pseudo-label generators (fast vs reference) on 480 x 320 images, and their agreement.
 
-    python benchmarks/pseudo_label_speed.py [--images 4] [--runs 3] [--threads 1] [--device cpu]
+    python -m benchmarks.pseudo_label_speed [--images 4] [--runs 3] [--threads 1] [--device cpu]
         [--models resnet10t-narrow resnet18 efficientnet_lite0 resnet50 tiny-cnn] [--agreement_images 20]
         [--checkpoint runs/weakly_classifier_fast_deepcrack/checkpoints/last.ckpt]
-    python benchmarks/pseudo_label_speed.py --precision_table --models resnet50 --section pseudo_label_precision
+    python -m benchmarks.pseudo_label_speed --precision_table --models resnet50 --section pseudo_label_precision
 
 Each classifier is a random-weight :class:`~crackseg.models.classifier.CrackClassifierNet` (timm backbone, the
 reference code's head GAP -> Dense(1000, ReLU) -> Dense(2); no weights are downloaded) with the ``CrackClassifier``
@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.write:
         from benchmarks.common import commit, write_section
 
-        command = "python benchmarks/pseudo_label_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python -m benchmarks.pseudo_label_speed " + " ".join(argv if argv is not None else sys.argv[1:])
         title = "Pseudo-label patch classification in bf16" if args.precision_table else "Pseudo-label generator speed"
         write_section(args.section, f"## {title}\n\n"
                                             f"Command: `{command}`; date {datetime.date.today().isoformat()}; "
