@@ -10,7 +10,10 @@ score does not change them); each image is then scored by ``score: max`` (the pa
 (``score_border``), and ranked against the labels with crackseg's exact image AUROC. A VAEGradCAM run gets its own
 table: its ``score`` switches (``l2``: the mean squared reconstruction error of §3.3, ``l1``, ``attention_std``)
 beside diagnostics of what the error measures: the image's mean brightness alone, the squared error after
-removing each image's mean residual (a brightness offset), and the top-1 % mean of the residual map. Prints
+removing each image's mean residual (a brightness offset), and the top-1 % mean of the residual map. An MSFlow
+run is re-scored with ``map_normalization`` ``image`` (the reference code: each map relative to its image's most
+likely pixel) and ``none`` (absolute likelihoods, comparable across images): image AUROC and pixel AUROC (every
+16th pixel) of each. Prints
 the tables (``--write``: also the section ``anomaly_scores`` of RESULTS.md).
 """
 
@@ -38,22 +41,23 @@ def saved_config(folder: Path) -> dict:
     return yaml.safe_load(found[-1].read_text())
 
 
-def test_maps(folder: Path) -> tuple[object, list[torch.Tensor], list[dict], torch.Tensor]:
-    """The checkpoint's module, its test maps and outputs per batch, and the test labels."""
+def test_maps(folder: Path) -> tuple[object, list[torch.Tensor], list[dict], torch.Tensor, list[torch.Tensor]]:
+    """The checkpoint's module, its test maps and outputs per batch, the test labels and masks."""
     config = saved_config(folder)
     model_cls = getattr(lightning_modules, config["model"]["class_path"].rpartition(".")[2])
     model = model_cls.load_from_checkpoint(folder / "checkpoints" / "best.ckpt", map_location="cpu").eval()
     data_cls = getattr(datamodules, config["data"]["class_path"].rpartition(".")[2])
     datamodule = data_cls(**config["data"].get("init_args", {}))
     datamodule.setup("test")
-    maps, outputs, labels = [], [], []
+    maps, outputs, labels, masks = [], [], [], []
     with torch.no_grad():
         for batch in datamodule.test_dataloader():
             out = model(batch["image"])
             maps.append(model.anomaly_map(out))
             outputs.append(out)
             labels.append(batch["label"])
-    return model, maps, outputs, torch.cat(labels)
+            masks.append(batch["mask"])
+    return model, maps, outputs, torch.cat(labels), masks
 
 
 def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -80,6 +84,23 @@ def vae_scores(maps: list[torch.Tensor], outputs: list[dict], labels: torch.Tens
     return {name: auroc(torch.cat(values), labels) for name, values in scores.items()}
 
 
+def msflow_scores(model: object, outputs: list[dict], labels: torch.Tensor,
+                  masks: list[torch.Tensor]) -> dict[str, tuple[float, float]]:
+    """(image AUROC %, pixel AUROC %) of an MSFlow run under each ``map_normalization``."""
+    result = {}
+    for normalization in ("image", "none"):
+        model.hparams.map_normalization = normalization
+        scores, pixels, targets = [], [], []
+        for out, mask in zip(outputs, masks, strict=True):
+            out.pop("mul_map", None)  # cached by pro_map for the previous setting
+            maps = model.anomaly_map(out)
+            scores.append(model.image_score(maps, out))
+            pixels.append(maps.flatten()[::16])
+            targets.append(mask.flatten()[::16])
+        result[normalization] = (auroc(torch.cat(scores), labels), auroc(torch.cat(pixels), torch.cat(targets)))
+    return result
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", action="append", required=True, help="NAME=FOLDER of a finished fit run")
@@ -87,10 +108,13 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--write", action="store_true", help="replace the section anomaly_scores of RESULTS.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(usable_cores())
-    rows, vae = [], []
+    rows, vae, flows = [], [], []
     for item in args.run:
         name, _, folder = item.partition("=")
-        model, maps, outputs, labels = test_maps(Path(folder))
+        model, maps, outputs, labels, masks = test_maps(Path(folder))
+        if isinstance(model, lightning_modules.MSFlow):
+            flows.append((name, msflow_scores(model, outputs, labels, masks)))
+            continue
         if isinstance(model, lightning_modules.VAEGradCAM):
             vae.append((name, vae_scores(maps, outputs, labels), len(labels)))
             continue
@@ -117,6 +141,10 @@ by each `score` (`topk`: mean of the top `topk_fraction`) with the whole map and
         text += (f"\n{name} ({n} test images), image AUROC % of each score (the paper's: l2):\n\n| "
                  + " | ".join(values) + " |\n|" + "---|" * len(values) + "\n| "
                  + " | ".join(f"{v:.1f}" for v in values.values()) + " |\n")
+    for name, values in flows:
+        text += (f"\n{name}: `map_normalization` image (the reference; the run's) / none: image AUROC "
+                 f"{values['image'][0]:.1f} / {values['none'][0]:.1f}, pixel AUROC {values['image'][1]:.1f} / "
+                 f"{values['none'][1]:.1f}\n")
     print(text)
     if args.write:
         write_section("anomaly_scores", text)
