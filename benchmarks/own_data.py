@@ -82,6 +82,7 @@ def joined_config(augmentation: dict[str, Any]) -> dict[str, Any]:
 def write_config(workdir: Path, model: dict[str, Any], data: dict[str, Any], val_every: int) -> Path:
     config = {
         "seed_everything": 0,
+        "default_callbacks": False,  # only the two below: no map panels or prediction files in timed rows
         "trainer": {
             "default_root_dir": str(workdir), "max_epochs": 100000, "check_val_every_n_epoch": None,
             "val_check_interval": val_every,
