@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import inspect
 import json
 import math
 import os
@@ -494,7 +495,10 @@ class Runner:
         from crackseg.models.backbones import offline_state_dict
 
         model_args = yaml.safe_load((REPO / job.config).read_text())["model"]["init_args"]
-        backbone, stages = model_args["backbone"], model_args["stages"]
+        from crackseg.lightning_modules import MSFlow
+
+        defaults = {name: param.default for name, param in inspect.signature(MSFlow.__init__).parameters.items()}
+        backbone, stages = model_args["backbone"], model_args.get("stages", defaults["stages"])  # configs omit defaults
         weights = job.model.get("weights", model_args.get("weights"))
         if weights != "offline":
             return [], f"anomalib peers skipped: our {job.method} config has weights {weights!r}, not 'offline'"

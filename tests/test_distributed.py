@@ -97,6 +97,7 @@ def _run(method: str, devices: int, workdir: Path) -> tuple[dict[str, Any], floa
             f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}", "--trainer.max_epochs=1",
             "--trainer.num_sanity_val_steps=0", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+            "--default_callbacks=false",  # only the callbacks under comparison (no panels or prediction files)
             f"--trainer.default_root_dir={workdir / f'{method}_{devices}'}"]
     env = {k: v for k, v in os.environ.items()
            if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

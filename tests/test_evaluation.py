@@ -283,7 +283,8 @@ def test_deepcrack_liu_configs_follow_deepsegmentor(dataset: str) -> None:
     assert data["crop_size"] is None and data["rotate_limit"] == 0 and data.get("flip", True) is True
     if dataset == "deepcrack":
         assert data["image_size"] == [384, 544]  # DeepSegmentor load_height, load_width
-    assert values["trainer"]["callbacks"][0]["init_args"]["monitor"] == "val/ods_dataset"
+    assert "callbacks" not in values["trainer"]  # the method's own: best.ckpt by val/ods_dataset, F1 threshold
+    assert DeepCrackLiu.checkpoint_monitor == ("val/ods_dataset", "max")
     assert not (values["model"].get("init_args") or {})  # the class defaults are DeepSegmentor's
     module = DeepCrackLiu(width_multiplier=0.125)
     assert (module.hparams.lr_schedule, module.hparams.lr_step_epochs, module.hparams.lr_gamma) == ("step", 40, 0.1)

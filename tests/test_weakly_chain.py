@@ -28,7 +28,8 @@ def _config(name: str, workdir: Path, model: dict, data: dict, source: dict | No
     cfg["data"]["init_args"].update(data)
     if source is not None:
         cfg["data"]["init_args"]["source"]["init_args"].update(source)
-    path = workdir / f"{name}.yaml"
+    path = workdir / "configs" / "weakly" / f"{name}.yaml"  # named as the original: runs/weakly_<name>
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))
     return path
 
