@@ -594,6 +594,7 @@ def table(args: argparse.Namespace, jobs: list[Job], rows: list[Row], peer_rows:
         "",
         f"Command: `python -m benchmarks.run --suite {args.suite}"
         + (f" --methods {' '.join(args.methods)}" if args.methods != list(METHODS) else "")
+        + (f" --datasets {' '.join(args.datasets)}" if args.datasets else "")
         + (f" --minutes-per-run {args.minutes_per_run:g}" if args.minutes_per_run is not None else "") + "`; "
         f"date {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; machine: {machine_line(device)}; commit {commit()}; "
         f"torch {torch.__version__}; training budget per run: {', '.join(budgets)}"
@@ -662,12 +663,16 @@ def run(args: argparse.Namespace) -> tuple[str, list[Row], list[Row]]:
     runner = Runner(args)
     jobs, notes = [], []
     for job in suite_jobs(args.suite, runner.workdir, args.minutes_per_run, args.accelerator):
-        if job.method not in args.methods:
+        if job.method not in args.methods or (args.datasets and job.dataset not in args.datasets):
             continue
         if job.needs is not None and not job.needs.is_dir():
             notes.append(f"{job.method} on {job.dataset} skipped: data folder {job.needs} not found")
             continue
         jobs.append(job)
+    if not jobs:
+        raise SystemExit(f"no row of suite {args.suite} left to run with --methods {' '.join(args.methods)}"
+                         + (f" --datasets {' '.join(args.datasets)}" if args.datasets else "")
+                         + "".join(f"; {note}" for note in notes))
     rows: list[Row] = []
     for job in jobs:
         print(f"== {job.method} on {job.dataset}", flush=True)
@@ -704,6 +709,8 @@ def main(argv: list[str] | None = None) -> tuple[str, list[Row], list[Row]]:
     parser.add_argument("--suite", choices=SUITES, required=True)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                         help="methods to run (default: all); the anomalib peers run with MSFlow")
+    parser.add_argument("--datasets", nargs="+", default=None,
+                        help="datasets to run, as the tables name them (CrackForest, 'magnetic tile'; default: all)")
     parser.add_argument("--minutes-per-run", dest="minutes_per_run", type=float, default=None,
                         help="training minutes per run (cpu-small: real data, default 2.5; synthetic 0.3 of it)")
     parser.add_argument("--accelerator", default="cpu", help="trainer accelerator (cpu, gpu)")

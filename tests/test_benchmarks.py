@@ -156,3 +156,10 @@ def test_anomaly_diagnosis_pca_residual_finds_vectors_off_the_normal_subspace() 
     assert int(maps[3].flatten().argmax()) == 6 * 12 + 6  # the planted location
     scores = diag.score_variants(maps, labels)
     assert scores["max"] == scores["max (no border)"] == 100.0
+
+
+def test_datasets_filter_refuses_an_empty_selection(workdir: Path) -> None:
+    """``--datasets`` keeps the named datasets' rows only; a selection with no row left stops with a message."""
+    assert {j.dataset for j in bench.suite_jobs("cpu-converge", workdir, None, "cpu")} == {"CrackForest", "DeepCrack"}
+    with pytest.raises(SystemExit, match="no row of suite smoke left to run .* --datasets CrackForest"):
+        bench.main(["--suite", "smoke", "--datasets", "CrackForest", "--no-peers", "--workdir", str(workdir)])
