@@ -88,8 +88,9 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
-def _run(method: str, devices: int, workdir: Path) -> tuple[dict[str, Any], float]:
-    """Fit and test ``method`` on ``devices`` CPU processes: in this process for 1, in subprocesses for DDP."""
+def _run(method: str, devices: int, workdir: Path, extra: tuple[str, ...] = ()) -> tuple[dict[str, Any], float]:
+    """Fit and test ``method`` on ``devices`` CPU processes: in this process for 1, in subprocesses for DDP;
+    ``extra`` arguments come last."""
     spec = METHODS[method]
     out = workdir / f"{method}_{devices}.json"
     args = ["fit", *_data(workdir / "data", spec["mode"], GLOBAL_BATCH // devices), *spec["args"],
@@ -98,7 +99,7 @@ def _run(method: str, devices: int, workdir: Path) -> tuple[dict[str, Any], floa
             "--trainer.num_sanity_val_steps=0", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
             "--default_callbacks=false",  # only the callbacks under comparison (no panels or prediction files)
-            f"--trainer.default_root_dir={workdir / f'{method}_{devices}'}"]
+            f"--trainer.default_root_dir={workdir / f'{method}_{devices}'}", *extra]
     env = {k: v for k, v in os.environ.items()
            if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
            and not k.startswith("SLURM_")}
@@ -158,6 +159,16 @@ def test_ddp_matches_single_process(method: str, workdir: Path) -> None:
         if key in COUNT_METRICS:
             tolerance = max(tolerance, 2.0 / single["crack_pixels"])
         assert other == pytest.approx(value, abs=tolerance), f"{method} {key}: 1 process {value}, DDP {other}"
+
+
+def test_ddp_fit_with_map_panels_finishes(workdir: Path) -> None:
+    """MapLogger writes on rank 0 only; it once asked ``trainer.log_dir``, a broadcast rank 1 never joined, and
+    a 2-process fit waited forever at the first validation. Now the run ends and rank 0 wrote the panels."""
+    _, elapsed = _run("SCNet", WORLD_SIZE, workdir, ("--trainer.callbacks+=MapLogger",
+                                                     "--trainer.callbacks.max_images=1"))
+    panels = sorted((workdir / f"SCNet_{WORLD_SIZE}" / "maps").glob("*.png"))
+    assert [p.name.split("_epoch")[0] for p in panels] == ["test_maps", "val_maps"], panels
+    print(f"DDP fit + test with map panels: {elapsed:.1f} s")
 
 
 # -- the run ---------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 import cv2
 import numpy as np
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -70,6 +70,20 @@ def make_panel(image: Tensor, mask: Tensor | None, map_: Tensor, pred: Tensor, e
     return np.concatenate(row[:-1], axis=1)
 
 
+def run_log_dir(trainer: Trainer) -> Path:
+    """The folder ``trainer.log_dir`` names, read on this rank only.
+
+    ``trainer.log_dir`` broadcasts from rank 0, a collective every rank must join; a callback that writes on
+    rank 0 alone would wait there forever under DDP (seen: a 2-process fit with map panels made no progress).
+    """
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        folder = logger.log_dir if isinstance(logger, (TensorBoardLogger, CSVLogger)) else logger.save_dir
+        if folder:
+            return Path(folder)
+    return Path(trainer.default_root_dir)
+
+
 class MapLogger(Callback):
     """Logs map panels of the first evaluation batch of an epoch.
 
@@ -117,7 +131,7 @@ class MapLogger(Callback):
                 for i, panel in enumerate(panels):
                     logger.experiment.add_image(f"{key}/{i}", panel, step, dataformats="HWC")
                 return []
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "maps"
+        folder = run_log_dir(trainer) / "maps"
         written = []
         for i, panel in enumerate(panels):
             path = folder / f"{key.replace('/', '_')}_epoch{trainer.current_epoch:03d}_step{step:06d}_{i}.png"
