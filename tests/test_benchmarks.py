@@ -94,7 +94,7 @@ def test_rows_of_one_dataset_share_one_split(workdir: Path, suite: str) -> None:
 
 def test_cpu_converge_suite_rows(tmp_path: Path) -> None:
     """SCNet and its HCNN baseline (the ablation fragment) at equal budget, DeepCrack-Liu and U-Net, on both
-    datasets, each with early stopping on val/ods_dataset and the 90-minute cap."""
+    datasets, each with early stopping on val/loss and the 90-minute cap."""
     jobs = bench.suite_jobs("cpu-converge", tmp_path, None, "cpu")
     assert [(j.method, j.dataset) for j in jobs] == [
         (m, d) for d in ("CrackForest", "DeepCrack") for m in ("SCNet", "HCNN", "SCNet+Adam", "DeepCrackLiu", "UNet")]
@@ -104,7 +104,7 @@ def test_cpu_converge_suite_rows(tmp_path: Path) -> None:
     args = bench.Runner(bench.argparse.Namespace(workdir=str(tmp_path), accelerator="cpu",
                                                  suite="cpu-converge")).trainer_args(hcnn[0], "x")
     assert args[:2] == ["--config", str(bench.REPO / "configs/scnet/ablations/hcnn_baseline.yaml")]
-    assert "--trainer.callbacks.monitor=val/ods_dataset" in args
+    assert "--trainer.callbacks.monitor=val/loss" in args and "--trainer.callbacks.mode=min" in args
 
 
 def test_learning_curves_png(tmp_path: Path) -> None:
