@@ -72,9 +72,13 @@ def generator_speed(checkpoint: Path, root: Path, n_images: int, runs: int) -> d
     return speeds
 
 
-def describe_classifier(config: Path) -> str:
-    """One sentence on the classifier a config trains (backbone, weights, optimiser)."""
-    args = yaml.safe_load(config.read_text())["model"]["init_args"]
+def describe_classifier(run_dir: Path) -> str:
+    """One sentence on the classifier a run trained (backbone, weights, optimiser), read from the config the fit
+    saved (every value resolved: the short configs leave the class defaults out)."""
+    saved = sorted(run_dir.glob("lightning_logs/version_*/config.yaml"), key=lambda p: int(p.parent.name[8:]))
+    if not saved:
+        raise SystemExit(f"no config.yaml saved under {run_dir}/lightning_logs: cannot describe the classifier")
+    args = yaml.safe_load(saved[0].read_text())["model"]["init_args"]
     backbone, weights, extra = args.get("backbone"), args.get("weights"), args.get("backbone_kwargs")
     if weights == "offline":
         origin = "with the offline ImageNet weights"
@@ -83,8 +87,8 @@ def describe_classifier(config: Path) -> str:
     else:
         origin = f"with weights {weights!r}"
     shape = f" ({', '.join(f'{k} {v}' for k, v in extra.items())})" if extra else ""
-    return (f"{backbone}{shape} {origin} (the paper: ResNet50, ImageNet), SGD lr {args.get('lr')} "
-            f"schedule {args.get('lr_schedule')}")
+    return (f"{backbone}{shape} {origin} (the paper: ResNet50, ImageNet), {args.get('optimizer', 'sgd').upper()} lr "
+            f"{args.get('lr'):g}, schedule {args.get('lr_schedule')}")
 
 
 def fmt(value: float | None, digits: int = 4) -> str:
@@ -155,7 +159,7 @@ def run(args: argparse.Namespace) -> str:
 
 Command: `{command}`; date {dt.date.today().isoformat()}; machine: {machine()}; commit {commit()}.
 
-Classifier (`configs/weakly/{args.classifier_config}`): {describe_classifier(classifier_config)}, 128² windows with
+Classifier (`configs/weakly/{args.classifier_config}`): {describe_classifier(workdir / 'classifier')}, 128² windows with
 stride 64 of the DeepCrack training images (60 held out for validation); {classifier.epochs} epoch(s),
 {classifier.steps} steps, {classifier.train_seconds / 60:.1f} min;
 its last checkpoint makes the pseudo labels. Test windows of the 237 test images:

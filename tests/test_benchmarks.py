@@ -163,3 +163,20 @@ def test_datasets_filter_refuses_an_empty_selection(workdir: Path) -> None:
     assert {j.dataset for j in bench.suite_jobs("cpu-converge", workdir, None, "cpu")} == {"CrackForest", "DeepCrack"}
     with pytest.raises(SystemExit, match="no row of suite smoke left to run .* --datasets CrackForest"):
         bench.main(["--suite", "smoke", "--datasets", "CrackForest", "--no-peers", "--workdir", str(workdir)])
+
+
+def test_weakly_benchmark_describes_the_resolved_classifier(tmp_path: Path) -> None:
+    """The classifier sentence comes from the config the fit saved (class defaults resolved), not from the short
+    config file, which leaves lr and schedule out (the section once read 'SGD lr None schedule None')."""
+    from benchmarks.weakly_deepcrack import describe_classifier
+
+    for version, lr in ((1, 0.5), (0, 0.001)):  # fit writes version_0; a later test run writes version_1
+        saved = tmp_path / "lightning_logs" / f"version_{version}" / "config.yaml"
+        saved.parent.mkdir(parents=True)
+        saved.write_text(f"model:\n  init_args:\n    backbone: efficientnet_lite0\n    weights: offline\n"
+                         f"    optimizer: sgd\n    lr: {lr}\n    lr_schedule: epoch_step\n")
+    text = describe_classifier(tmp_path)
+    assert text.startswith("efficientnet_lite0 with the offline ImageNet weights") and "SGD lr 0.001" in text
+    assert "schedule epoch_step" in text and "None" not in text
+    with pytest.raises(SystemExit, match="no config.yaml saved"):
+        describe_classifier(tmp_path / "missing")
