@@ -97,7 +97,8 @@ def test_cpu_converge_suite_rows(tmp_path: Path) -> None:
     datasets, each with early stopping on val/loss and the 90-minute cap."""
     jobs = bench.suite_jobs("cpu-converge", tmp_path, None, "cpu")
     assert [(j.method, j.dataset) for j in jobs] == [
-        (m, d) for d in ("CrackForest", "DeepCrack") for m in ("SCNet", "HCNN", "SCNet+Adam", "DeepCrackLiu", "UNet")]
+        (m, d) for d in ("CrackForest", "DeepCrack")
+        for m in ("SCNet", "HCNN", "SCNet+Adam", "SCNet+BCE", "DeepCrackLiu", "UNet")]
     assert {j.minutes for j in jobs} == {90.0} and {j.patience for j in jobs} == {bench.CONVERGE_PATIENCE}
     hcnn = [j for j in jobs if j.method == "HCNN"]
     assert all(j.fragment == "configs/scnet/ablations/hcnn_baseline.yaml" for j in hcnn)
