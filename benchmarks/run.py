@@ -635,6 +635,8 @@ def table(args: argparse.Namespace, jobs: list[Job], rows: list[Row], peer_rows:
     if overrides:
         lines += ["", f"Overrides of the configs in this suite: {overrides}."]
     lines += ["", "### anomalib peers at equal extractor and input size", ""]
+    if not peer_rows and args.no_peers:
+        lines.append("Not run (`--no-peers`).")
     if peer_rows:
         ours = [r for r in rows if r.method in ("MSFlow", "SkipAE") and r.dataset == peer_rows[0].dataset]
         lines += [f"Same training and test images as our {peer_rows[0].dataset} rows, same extractor "
