@@ -351,16 +351,22 @@ def learning_curves(runs: dict[str, Path], out: Path, metric: str = "val/ods_dat
     for i in range(5):  # y ticks
         value = top * i / 4
         cv2.putText(canvas, f"{value:.2f}", (5, xy(0, value)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-    cv2.putText(canvas, f"{metric} vs training step (last {last})", (margin, margin - 20),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1)
+    for i in range(5):  # x ticks
+        step = round(last * i / 4)
+        x = xy(step, 0)[0]
+        cv2.line(canvas, (x, height - margin), (x, height - margin + 5), (0, 0, 0), 1)
+        cv2.putText(canvas, str(step), (x - 12, height - margin + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    cv2.putText(canvas, f"{metric} vs training step", (margin, margin - 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55,
+                (0, 0, 0), 1)
     colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
                (227, 119, 194), (127, 127, 127)]
     for i, (name, points) in enumerate(curves.items()):
         colour = colours[i % len(colours)][::-1]  # RGB → OpenCV's BGR
         for a, b in zip(points, points[1:], strict=False):
             cv2.line(canvas, xy(*a), xy(*b), colour, 2, cv2.LINE_AA)
-        cv2.putText(canvas, name, (width - margin - 240, margin + 20 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    colour, 1)
+        # legend in the lower right: the curves rise, so that corner is the emptiest
+        cv2.putText(canvas, name, (width - margin - 240, height - margin - 12 - 18 * (len(curves) - 1 - i)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), canvas)
     return out
