@@ -18,10 +18,9 @@ with its table number and dataset).
 
 Suites: ``smoke`` (synthetic 64² images, one epoch of two batches; for the tests), ``cpu-small`` (synthetic +
 the real samples in ``../shared/data``, sized for about an hour on 2 CPU cores; reduced widths, listed in the
-table's overrides), ``cpu-converge`` (SCNet, its HCNN baseline, SCNet trained with Adam
-(``configs/scnet/ablations/adam.yaml``, a training choice), DeepCrack-Liu and U-Net on CrackForest and
-DeepCrack, each until ``val/loss`` stops falling or 90 minutes, at half width; writes a learning-curve
-PNG),
+table's overrides), ``cpu-converge`` (SCNet and its :data:`SCNET_VARIANTS`: the HCNN baseline, SCNet with
+Adam and SCNet with cross-entropy only; DeepCrack-Liu and U-Net, on CrackForest and DeepCrack, each until
+``val/loss`` stops falling or 90 minutes, at half width; writes a learning-curve PNG),
 ``cpu-anomaly`` (MSFlow, SkipAE, DFR and VAEGradCAM on the real magnetic tile sample, each until ``val/loss`` stops
 improving or 60 minutes, beside the anomalib peers), ``gpu-full`` (the configs' paper budgets and widths, 256²
 synthetic data). Rows whose data folder is missing are skipped with a note.
@@ -67,8 +66,10 @@ from crackseg.cli import main as crackseg_main
 from crackseg.metrics import ImageMetrics, SegmentationMetrics
 
 SUITES = ("smoke", "cpu-small", "cpu-converge", "cpu-anomaly", "gpu-full")
-METHODS = ("UNet", "DeepCrackLiu", "SCNet", "HCNN", "SCNet+Adam", "SCNet+BCE", "SkipAE", "DFR", "VAEGradCAM", "MSFlow",
-           "Weakly")
+#: SCNet rows trained with an ablation fragment (``configs/scnet/ablations/<fragment>.yaml``) over SCNet's configs:
+#: HCNN, the baseline of Table VII; Adam lr 1e-3, a training choice, not the paper's; cross-entropy only, Table X
+SCNET_VARIANTS = {"HCNN": "hcnn_baseline", "SCNet+Adam": "adam", "SCNet+BCE": "loss_bce"}
+METHODS = ("UNet", "DeepCrackLiu", "SCNet", *SCNET_VARIANTS, "SkipAE", "DFR", "VAEGradCAM", "MSFlow", "Weakly")
 PEERS = ("FastFlow", "PaDiM", "PatchCore")
 #: (warm-up, timed) runs of the inference timing per suite.
 TIMING = {"smoke": (1, 1), "cpu-small": (1, 3), "cpu-converge": (1, 3), "cpu-anomaly": (1, 3), "gpu-full": (3, 10)}
@@ -82,15 +83,13 @@ METRICS = {
     # Liu et al.; pixel F1 in Sharma et al. Table III = best-threshold F1 summed over the test set (ods_dataset)
     "DeepCrackLiu": ("ods", "ois", "ap", "ods_dataset", "f1"),
     "SCNet": ("ods_dataset", "f1", "iou", "region_f1", "ods", "ois", "ap"),  # Sharma et al. Tables III, IV
-    "HCNN": ("ods_dataset", "f1", "iou", "region_f1", "ods", "ois", "ap"),  # SCNet's baseline, Table VII
-    "SCNet+Adam": ("ods_dataset", "f1", "iou", "region_f1", "ods", "ois", "ap"),  # a training choice, not the paper's
-    "SCNet+BCE": ("ods_dataset", "f1", "iou", "region_f1", "ods", "ois", "ap"),  # Table X's cross-entropy-only SCNet
     "SkipAE": ("image_auroc", "auroc", "aupro"),
     "DFR": ("image_auroc", "auroc", "aupro"),
     "VAEGradCAM": ("image_auroc", "auroc", "aupro"),
     "MSFlow": ("image_auroc", "auroc", "aupro"),
     "Weakly": ("ods", "ois", "ap", "label_ods"),  # König et al. Tables II, VI
 }
+METRICS.update({variant: METRICS["SCNet"] for variant in SCNET_VARIANTS})
 #: reported figures (fractions) with their source; the dataset named where it is not the row's.
 PAPER: dict[tuple[str, str], tuple[dict[str, float], str]] = {
     ("SCNet", "CrackForest"): ({"ods_dataset": SCNET_PAPER["SCNet"]["f1"] / 100,
@@ -190,11 +189,8 @@ def suite_jobs(suite: str, workdir: Path, minutes: float | None, accelerator: st
                 **run),
             Job("SCNet", "synthetic", "configs/scnet/synthetic.yaml", {"width_multiplier": 0.125, "levels": 4}, sup,
                 **run),
-            Job("HCNN", "synthetic", "configs/scnet/synthetic.yaml", {"width_multiplier": 0.125, "levels": 4}, sup,
-                fragment="configs/scnet/ablations/hcnn_baseline.yaml", **run),
-            *(Job(name, "synthetic", "configs/scnet/synthetic.yaml", {"width_multiplier": 0.125, "levels": 4}, sup,
-                  fragment=f"configs/scnet/ablations/{fragment}.yaml", **run)
-              for name, fragment in (("SCNet+Adam", "adam"), ("SCNet+BCE", "loss_bce"))),
+            *(Job(variant, "synthetic", "configs/scnet/synthetic.yaml", {"width_multiplier": 0.125, "levels": 4},
+                  sup, fragment=scnet_fragment(variant), **run) for variant in SCNET_VARIANTS),
             Job("SkipAE", "synthetic", "configs/skipae/synthetic.yaml",
                 {"weights": weights, "base_channels": 8, "depth": 4}, uns, **run),
             Job("DFR", "synthetic", "configs/dfr/synthetic.yaml", {"weights": weights}, uns, **run),
@@ -271,9 +267,8 @@ def suite_jobs(suite: str, workdir: Path, minutes: float | None, accelerator: st
 
 #: widths of the cpu-converge rows: the widest at which a 2-core CPU gives each model a few thousand steps in
 #: 90 minutes (SCNet / HCNN and DeepCrack-Liu at half their VGG widths, U-Net at 32 base channels).
-CONVERGE_WIDTHS = {"SCNet": {"width_multiplier": 0.5}, "HCNN": {"width_multiplier": 0.5},
-                   "SCNet+Adam": {"width_multiplier": 0.5}, "SCNet+BCE": {"width_multiplier": 0.5},
-                   "DeepCrackLiu": {"width_multiplier": 0.5}, "UNet": {"base_channels": 32}}
+CONVERGE_WIDTHS = {"SCNet": {"width_multiplier": 0.5}, "DeepCrackLiu": {"width_multiplier": 0.5},
+                   "UNet": {"base_channels": 32}}
 #: validations without a lower ``val/loss`` before a cpu-converge row stops. Not ``val/ods_dataset``: SCNet's
 #: is highest after its first epoch (0.17 on CrackForest at width 0.5, the random network's map), falls while
 #: the loss falls, and stopped the row after 9 epochs (5 minutes) of a 20-minute budget.
@@ -282,25 +277,29 @@ CONVERGE_PATIENCE = 8
 ANOMALY_PATIENCE = 10
 
 
+#: config folder of each model family of the cpu-converge rows
+CONFIG_FOLDERS = {"SCNet": "scnet", "DeepCrackLiu": "deepcrack_liu", "UNet": "unet"}
+
+
+def scnet_fragment(variant: str) -> str:
+    """The ablation fragment of an :data:`SCNET_VARIANTS` row."""
+    return f"configs/scnet/ablations/{SCNET_VARIANTS[variant]}.yaml"
+
+
 def converge_jobs(dc: Path, cfd: Path, minutes: float) -> list[Job]:
-    """cpu-converge: SCNet, its HCNN baseline (same budget, Table VII's ablation fragment), SCNet with Adam
-    (``configs/scnet/ablations/adam.yaml``: does the paper's SGD lr 1e-4 hold it back in a short budget?), SCNet
-    with cross-entropy only (Table X's ``loss_bce.yaml``: the loss's share of the gap to HCNN),
-    DeepCrack-Liu (its reference protocol: whole images) and U-Net on CrackForest and DeepCrack, each until
-    ``val/loss`` stops falling (:data:`CONVERGE_PATIENCE` validations) or ``minutes``; the tested checkpoint is
-    still the best by the method's own monitor (``val/ods_dataset``)."""
+    """cpu-converge: SCNet and, at its width and budget, its :data:`SCNET_VARIANTS` (HCNN: Table VII's baseline;
+    Adam: does the paper's SGD lr 1e-4 hold it back in a short budget?; cross-entropy only: the loss's share of the
+    gap to HCNN), DeepCrack-Liu (its reference protocol: whole images) and U-Net on CrackForest and DeepCrack,
+    each until ``val/loss`` stops falling (:data:`CONVERGE_PATIENCE` validations) or ``minutes``; the tested
+    checkpoint is still the best by the method's own monitor (``val/ods_dataset``)."""
     jobs = []
     for dataset, root, data in (("CrackForest", cfd, {"root": str(cfd), **CFD_SPLIT}),
                                 ("DeepCrack", dc, {"root": str(dc)})):
         stem = dataset.lower()
-        for method, config, fragment in (
-                ("SCNet", f"configs/scnet/{stem}.yaml", None),
-                ("HCNN", f"configs/scnet/{stem}.yaml", "configs/scnet/ablations/hcnn_baseline.yaml"),
-                ("SCNet+Adam", f"configs/scnet/{stem}.yaml", "configs/scnet/ablations/adam.yaml"),
-                ("SCNet+BCE", f"configs/scnet/{stem}.yaml", "configs/scnet/ablations/loss_bce.yaml"),
-                ("DeepCrackLiu", f"configs/deepcrack_liu/{stem}.yaml", None),
-                ("UNet", f"configs/unet/{stem}.yaml", None)):
-            jobs.append(Job(method, dataset, config, dict(CONVERGE_WIDTHS[method]), data, root, minutes=minutes,
+        scnet = [("SCNet", "SCNet", None), *((v, "SCNet", scnet_fragment(v)) for v in SCNET_VARIANTS)]
+        for method, family, fragment in (*scnet, ("DeepCrackLiu", "DeepCrackLiu", None), ("UNet", "UNet", None)):
+            config = f"configs/{CONFIG_FOLDERS[family]}/{stem}.yaml"
+            jobs.append(Job(method, dataset, config, dict(CONVERGE_WIDTHS[family]), data, root, minutes=minutes,
                             fragment=fragment, patience=CONVERGE_PATIENCE, monitor=("val/loss", "min")))
     return jobs
 
