@@ -19,8 +19,8 @@ with its table number and dataset).
 Suites: ``smoke`` (synthetic 64² images, one epoch of two batches; for the tests), ``cpu-small`` (synthetic +
 the real samples in ``../shared/data``, sized for about an hour on 2 CPU cores; reduced widths, listed in the
 table's overrides), ``cpu-converge`` (SCNet and its :data:`SCNET_VARIANTS`: the HCNN baseline, SCNet with
-Adam and SCNet with cross-entropy only; DeepCrack-Liu and U-Net, on CrackForest and DeepCrack, each until
-``val/loss`` stops falling or 90 minutes, at half width; writes a learning-curve PNG),
+Adam, SCNet with cross-entropy only, attention alone, HCNN with Adam; DeepCrack-Liu and U-Net, on CrackForest and
+DeepCrack, each until ``val/loss`` stops falling or 90 minutes, at half width; writes a learning-curve PNG),
 ``cpu-anomaly`` (MSFlow, SkipAE, DFR and VAEGradCAM on the real magnetic tile sample, each until ``val/loss`` stops
 improving or 60 minutes, beside the anomalib peers), ``gpu-full`` (the configs' paper budgets and widths, 256²
 synthetic data). Rows whose data folder is missing are skipped with a note.
@@ -66,9 +66,12 @@ from crackseg.cli import main as crackseg_main
 from crackseg.metrics import ImageMetrics, SegmentationMetrics
 
 SUITES = ("smoke", "cpu-small", "cpu-converge", "cpu-anomaly", "gpu-full")
-#: SCNet rows trained with an ablation fragment (``configs/scnet/ablations/<fragment>.yaml``) over SCNet's configs:
-#: HCNN, the baseline of Table VII; Adam lr 1e-3, a training choice, not the paper's; cross-entropy only, Table X
-SCNET_VARIANTS = {"HCNN": "hcnn_baseline", "SCNet+Adam": "adam", "SCNet+BCE": "loss_bce"}
+#: SCNet rows trained with ablation fragments (``configs/scnet/ablations/<fragment>.yaml``, composed in order) over
+#: SCNet's configs: HCNN, the baseline of Table VII; Adam lr 1e-3, a training choice, not the paper's; cross-entropy
+#: only, Table X; attention alone over HCNN (Table VII's Baseline+Attn: cross-entropy, no edge channel); HCNN with
+#: Adam (SCNet+Adam's like-for-like baseline)
+SCNET_VARIANTS = {"HCNN": ("hcnn_baseline",), "SCNet+Adam": ("adam",), "SCNet+BCE": ("loss_bce",),
+                  "SCNet+Attn": ("attention",), "HCNN+Adam": ("hcnn_baseline", "adam")}
 METHODS = ("UNet", "DeepCrackLiu", "SCNet", *SCNET_VARIANTS, "SkipAE", "DFR", "VAEGradCAM", "MSFlow", "Weakly")
 PEERS = ("FastFlow", "PaDiM", "PatchCore")
 #: (warm-up, timed) runs of the inference timing per suite.
@@ -136,8 +139,8 @@ class Job:
     epochs: int | None = None
     minutes: float | None = None
     limit_batches: int | None = None
-    #: a config fragment composed after ``config`` (an ablation: ``configs/scnet/ablations/hcnn_baseline.yaml``)
-    fragment: str | None = None
+    #: config fragments composed after ``config``, in order (ablations: ``configs/scnet/ablations/adam.yaml``)
+    fragments: tuple[str, ...] = ()
     #: stop when ``monitor`` has not improved for this many validations (EarlyStopping); None: budget only
     patience: int | None = None
     #: the EarlyStopping metric and its direction
@@ -190,7 +193,7 @@ def suite_jobs(suite: str, workdir: Path, minutes: float | None, accelerator: st
             Job("SCNet", "synthetic", "configs/scnet/synthetic.yaml", {"width_multiplier": 0.125, "levels": 4}, sup,
                 **run),
             *(Job(variant, "synthetic", "configs/scnet/synthetic.yaml", {"width_multiplier": 0.125, "levels": 4},
-                  sup, fragment=scnet_fragment(variant), **run) for variant in SCNET_VARIANTS),
+                  sup, fragments=scnet_fragments(variant), **run) for variant in SCNET_VARIANTS),
             Job("SkipAE", "synthetic", "configs/skipae/synthetic.yaml",
                 {"weights": weights, "base_channels": 8, "depth": 4}, uns, **run),
             Job("DFR", "synthetic", "configs/dfr/synthetic.yaml", {"weights": weights}, uns, **run),
@@ -281,9 +284,9 @@ ANOMALY_PATIENCE = 10
 CONFIG_FOLDERS = {"SCNet": "scnet", "DeepCrackLiu": "deepcrack_liu", "UNet": "unet"}
 
 
-def scnet_fragment(variant: str) -> str:
-    """The ablation fragment of an :data:`SCNET_VARIANTS` row."""
-    return f"configs/scnet/ablations/{SCNET_VARIANTS[variant]}.yaml"
+def scnet_fragments(variant: str) -> tuple[str, ...]:
+    """The ablation fragments of an :data:`SCNET_VARIANTS` row."""
+    return tuple(f"configs/scnet/ablations/{name}.yaml" for name in SCNET_VARIANTS[variant])
 
 
 def converge_jobs(dc: Path, cfd: Path, minutes: float) -> list[Job]:
@@ -296,11 +299,11 @@ def converge_jobs(dc: Path, cfd: Path, minutes: float) -> list[Job]:
     for dataset, root, data in (("CrackForest", cfd, {"root": str(cfd), **CFD_SPLIT}),
                                 ("DeepCrack", dc, {"root": str(dc)})):
         stem = dataset.lower()
-        scnet = [("SCNet", "SCNet", None), *((v, "SCNet", scnet_fragment(v)) for v in SCNET_VARIANTS)]
-        for method, family, fragment in (*scnet, ("DeepCrackLiu", "DeepCrackLiu", None), ("UNet", "UNet", None)):
+        scnet = [("SCNet", "SCNet", ()), *((v, "SCNet", scnet_fragments(v)) for v in SCNET_VARIANTS)]
+        for method, family, fragments in (*scnet, ("DeepCrackLiu", "DeepCrackLiu", ()), ("UNet", "UNet", ())):
             config = f"configs/{CONFIG_FOLDERS[family]}/{stem}.yaml"
             jobs.append(Job(method, dataset, config, dict(CONVERGE_WIDTHS[family]), data, root, minutes=minutes,
-                            fragment=fragment, patience=CONVERGE_PATIENCE, monitor=("val/loss", "min")))
+                            fragments=fragments, patience=CONVERGE_PATIENCE, monitor=("val/loss", "min")))
     return jobs
 
 
@@ -422,8 +425,8 @@ class Runner:
             metric, mode = job.monitor
             out += ["--trainer.callbacks+=EarlyStopping", f"--trainer.callbacks.monitor={metric}",
                     f"--trainer.callbacks.mode={mode}", f"--trainer.callbacks.patience={job.patience}"]
-        if job.fragment is not None:
-            out = ["--config", str(REPO / job.fragment), *out]
+        for fragment in reversed(job.fragments):
+            out = ["--config", str(REPO / fragment), *out]
         return out
 
     def fit(self, job: Job, name: str, config: str, model: dict[str, Any], data: dict[str, Any],

@@ -34,6 +34,8 @@ def test_smoke_suite_rows_and_section(workdir: Path) -> None:
 
     hcnn = torch.load(workdir / "runs/smoke/HCNN_synthetic/checkpoints/best.ckpt", weights_only=True)
     assert (hcnn["hyper_parameters"]["attention"], hcnn["hyper_parameters"]["edges"]) == ("none", False)  # fragment
+    hcnn_adam = torch.load(workdir / "runs/smoke/HCNN+Adam_synthetic/checkpoints/best.ckpt", weights_only=True)
+    assert (hcnn_adam["hyper_parameters"]["attention"], hcnn_adam["hyper_parameters"]["optimizer"]) == ("none", "adam")
     for row in rows:
         expected = set(bench.METRICS["Weakly" if row.method.startswith("Weakly") else row.method])
         assert set(row.metrics) == expected, row.method
@@ -98,13 +100,17 @@ def test_cpu_converge_suite_rows(tmp_path: Path) -> None:
     jobs = bench.suite_jobs("cpu-converge", tmp_path, None, "cpu")
     assert [(j.method, j.dataset) for j in jobs] == [
         (m, d) for d in ("CrackForest", "DeepCrack")
-        for m in ("SCNet", "HCNN", "SCNet+Adam", "SCNet+BCE", "DeepCrackLiu", "UNet")]
+        for m in ("SCNet", "HCNN", "SCNet+Adam", "SCNet+BCE", "SCNet+Attn", "HCNN+Adam", "DeepCrackLiu", "UNet")]
     assert {j.minutes for j in jobs} == {90.0} and {j.patience for j in jobs} == {bench.CONVERGE_PATIENCE}
     hcnn = [j for j in jobs if j.method == "HCNN"]
-    assert all(j.fragment == "configs/scnet/ablations/hcnn_baseline.yaml" for j in hcnn)
-    args = bench.Runner(bench.argparse.Namespace(workdir=str(tmp_path), accelerator="cpu",
-                                                 suite="cpu-converge")).trainer_args(hcnn[0], "x")
+    assert all(j.fragments == ("configs/scnet/ablations/hcnn_baseline.yaml",) for j in hcnn)
+    runner = bench.Runner(bench.argparse.Namespace(workdir=str(tmp_path), accelerator="cpu", suite="cpu-converge"))
+    args = runner.trainer_args(hcnn[0], "x")
     assert args[:2] == ["--config", str(bench.REPO / "configs/scnet/ablations/hcnn_baseline.yaml")]
+    hcnn_adam = next(j for j in jobs if j.method == "HCNN+Adam")
+    ablations = bench.REPO / "configs/scnet/ablations"
+    assert runner.trainer_args(hcnn_adam, "x")[:4] == ["--config", str(ablations / "hcnn_baseline.yaml"),
+                                                        "--config", str(ablations / "adam.yaml")]  # in order
     assert "--trainer.callbacks.monitor=val/loss" in args and "--trainer.callbacks.mode=min" in args
 
 
