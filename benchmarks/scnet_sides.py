@@ -1,0 +1,111 @@
+"""How each output of trained SCNet-family networks ranks crack pixels: the fused map and every side output.
+
+    python -m benchmarks.scnet_sides --run SCNet=runs/.../SCNet_CrackForest --run HCNN=runs/.../HCNN_CrackForest \\
+        [--checkpoint last.ckpt] [--dataset CrackForest] [--root DIR] [--write]
+
+For each run (a ``benchmarks.run`` row folder) the checkpoint is evaluated on the test split of the dataset
+(CrackForest: the rows' 20 % hold-out, seed 0; DeepCrack: its test folder) at full image size: pixel AUROC
+and the best-threshold F1 over the test set (the paper's F1, ``ods_dataset``, 200 thresholds) of the fused
+probability map (eq. 4) and of each side output (eq. 3, finest scale first), and the weights of the 1×1
+convolution that fuses the side logits. An AUROC below 0.5 means the output ranks cracks *below* background;
+a side that ranks well but enters the fusion with a negative weight drags the fused map down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torchmetrics.classification import BinaryAUROC, BinaryPrecisionRecallCurve
+
+from benchmarks.common import SHARED_DATA, commit, machine, usable_cores, write_section
+from crackseg.datamodules import CrackForestDataModule, DeepCrackDataModule
+from crackseg.lightning_modules import SCNet
+
+DATASETS = {"CrackForest": (CrackForestDataModule, "cfd", {"test_fraction": 0.2}),
+            "DeepCrack": (DeepCrackDataModule, "deepcrack", {})}
+
+
+class OutputScores:
+    """Pixel AUROC and best-threshold dataset F1 of one output, accumulated over batches (binned, 200 thresholds)."""
+
+    def __init__(self, thresholds: int = 200) -> None:
+        self.auroc = BinaryAUROC(thresholds=thresholds)
+        self.curve = BinaryPrecisionRecallCurve(thresholds=thresholds)
+
+    def update(self, logits: torch.Tensor, masks: torch.Tensor) -> None:
+        probs, target = torch.sigmoid(logits).flatten(), (masks > 0.5).flatten().long()
+        self.auroc.update(probs, target)
+        self.curve.update(probs, target)
+
+    def compute(self) -> tuple[float, float]:
+        precision, recall, _ = self.curve.compute()
+        precision = precision.nan_to_num(0.0)  # thresholds above every probability: no positive prediction
+        f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+        return float(self.auroc.compute()), float(f1.max())
+
+
+def evaluate(model: SCNet, loader: torch.utils.data.DataLoader) -> dict[str, tuple[float, float]]:
+    """``{"fused" | "side 1" …: (AUROC, best F1)}`` of ``model`` over ``loader``'s images."""
+    scores: dict[str, OutputScores] = {}
+    with torch.no_grad():
+        for batch in loader:
+            outputs = model(batch["image"])
+            named = {"fused": outputs["logits"],
+                     **{f"side {i + 1}": side for i, side in enumerate(outputs["side_logits"])}}
+            for name, logits in named.items():
+                scores.setdefault(name, OutputScores()).update(logits, batch["mask"])
+    return {name: score.compute() for name, score in scores.items()}
+
+
+def table(results: dict[str, tuple[dict[str, tuple[float, float]], list[float]]]) -> str:
+    """Markdown table: one row per run, AUROC / F1 of each output, the fusion weights."""
+    names = list(next(iter(results.values()))[0])
+    lines = ["| run | " + " | ".join(f"{n} AUROC / F1" for n in names) + " | fusion weights (side 1, 2, …) |",
+             "|---|" + "---|" * (len(names) + 1)]
+    for run, (scores, weights) in results.items():
+        cells = [f"{100 * auroc:.1f} / {100 * f1:.1f}" for auroc, f1 in (scores[n] for n in names)]
+        lines.append(f"| {run} | " + " | ".join(cells) + " | " + ", ".join(f"{w:+.2f}" for w in weights) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR",
+                        help="a row folder of benchmarks.run (its checkpoints/ subfolder is read)")
+    parser.add_argument("--checkpoint", default="last.ckpt", help="checkpoint file name in RUN_DIR/checkpoints")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="CrackForest")
+    parser.add_argument("--root", type=Path, default=None, help="dataset folder (default: ../shared/data/<name>)")
+    parser.add_argument("--section", default="scnet_sides", help="section of RESULTS.md --write replaces")
+    parser.add_argument("--write", action="store_true")
+    opts = parser.parse_args(argv)
+    torch.set_num_threads(usable_cores())
+    cls, folder, split = DATASETS[opts.dataset]
+    datamodule = cls(root=opts.root or SHARED_DATA / folder, batch_size=1, eval_batch_size=1, **split)
+    datamodule.setup("test")
+    results = {}
+    for spec in opts.run:
+        name, _, run_dir = spec.partition("=")
+        if not run_dir:
+            parser.error(f"--run {spec!r}: give NAME=RUN_DIR")
+        checkpoint = Path(run_dir) / "checkpoints" / opts.checkpoint
+        if not checkpoint.is_file():
+            parser.error(f"--run {name}: no checkpoint {checkpoint}")
+        model = SCNet.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
+        results[name] = (evaluate(model, datamodule.test_dataloader()), model.net.final.weight.flatten().tolist())
+        print(name, results[name], flush=True)
+    text = (f"## SCNet outputs: how the fused map and each side output rank crack pixels ({opts.dataset} test)\n\n"
+            f"Command: `python -m benchmarks.scnet_sides {' '.join(argv if argv is not None else sys.argv[1:])}`; "
+            f"machine: {machine()}; commit {commit()}; checkpoint `{opts.checkpoint}` of each row; "
+            f"{len(datamodule.test_dataloader().dataset)} test images at full size; AUROC and best-threshold "
+            "dataset F1 in % (200 thresholds).\n\n" + table(results))
+    print(text)
+    if opts.write:
+        write_section(opts.section, text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
