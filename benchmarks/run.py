@@ -69,9 +69,10 @@ SUITES = ("smoke", "cpu-small", "cpu-converge", "cpu-anomaly", "gpu-full")
 #: SCNet rows trained with ablation fragments (``configs/scnet/ablations/<fragment>.yaml``, composed in order) over
 #: SCNet's configs: HCNN, the baseline of Table VII; Adam lr 1e-3, a training choice, not the paper's; cross-entropy
 #: only, Table X; attention alone over HCNN (Table VII's Baseline+Attn: cross-entropy, no edge channel); HCNN with
-#: Adam (SCNet+Adam's like-for-like baseline)
+#: Adam (SCNet+Adam's like-for-like baseline); HED's mean initialisation of the side fusion, with SGD and with Adam
 SCNET_VARIANTS = {"HCNN": ("hcnn_baseline",), "SCNet+Adam": ("adam",), "SCNet+BCE": ("loss_bce",),
-                  "SCNet+Attn": ("attention",), "HCNN+Adam": ("hcnn_baseline", "adam")}
+                  "SCNet+Attn": ("attention",), "HCNN+Adam": ("hcnn_baseline", "adam"), "SCNet+Fuse": ("fuse_mean",),
+                  "SCNet+Adam+Fuse": ("adam", "fuse_mean")}
 METHODS = ("UNet", "DeepCrackLiu", "SCNet", *SCNET_VARIANTS, "SkipAE", "DFR", "VAEGradCAM", "MSFlow", "Weakly")
 PEERS = ("FastFlow", "PaDiM", "PatchCore")
 #: (warm-up, timed) runs of the inference timing per suite.

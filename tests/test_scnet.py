@@ -147,6 +147,17 @@ def test_ablation_config_trains_one_step(name: str) -> None:
     assert net.stride == (1 if args.get("downsampling") == "dilated" else 2**net.levels)
 
 
+def test_fuse_init_mean_starts_the_fused_logit_at_the_side_mean() -> None:
+    """``fuse_init="mean"`` (HED's fusion layer): weights 1/levels, bias 0; the default stays Xavier (random)."""
+    default, mean = SCNet(width_multiplier=TINY), SCNet(width_multiplier=TINY, fuse_init="mean")
+    assert default.net.final.weight.unique().numel() == 5  # Xavier: five different weights
+    assert torch.equal(mean.net.final.weight.flatten(), torch.full((5,), 0.2)) and float(mean.net.final.bias) == 0
+    outputs = mean(crack_batch(size=(32, 32))["image"])
+    assert torch.allclose(outputs["logits"], torch.stack(outputs["side_logits"]).mean(0), atol=1e-6)
+    with pytest.raises(ValueError, match="fuse_init"):
+        SCNet(width_multiplier=TINY, fuse_init="ones")
+
+
 def test_edge_channel_switch() -> None:
     with_edges, without = SCNet(width_multiplier=TINY), SCNet(width_multiplier=TINY, edges=False)
     assert with_edges.net.in_channels == 4 and with_edges.net.encoder[0][0].in_channels == 4

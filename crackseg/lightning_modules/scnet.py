@@ -58,6 +58,8 @@ class SCNet(SupervisedSegmentation):
         canny_sigma: Canny thresholds are (1 ∓ canny_sigma) × the median of the blurred luma.
         attention_kernel_size: kernel of the attention convolutions (1).
         init: ``"xavier"`` (§V-A) or ``"default"``.
+        fuse_init: initial weights of the fusion of the side logits (eq. 4): ``"xavier"`` (§V-A, random
+            signs) or ``"mean"`` (1 / ``levels`` each, HED's fusion layer; a training choice, not the paper's).
         loss: loss terms of the fused output joined by ``+``, from ``focal``, ``bce``, ``soft_iou``,
             ``lovasz`` (Table X: ``focal+soft_iou``, ``bce``, ``bce+soft_iou``, ``focal+lovasz``).
         side_loss: loss terms of the side outputs; default: ``loss`` without its IoU terms (eqs. 6–9).
@@ -86,6 +88,7 @@ class SCNet(SupervisedSegmentation):
         canny_sigma: float = 0.33,
         attention_kernel_size: int = 1,
         init: Literal["xavier", "default"] = "xavier",
+        fuse_init: Literal["xavier", "mean"] = "xavier",
         loss: str = "focal+soft_iou",
         side_loss: str | None = None,
         side_weights: Sequence[float] | None = None,
@@ -125,7 +128,7 @@ class SCNet(SupervisedSegmentation):
         hp = self.hparams
         encoder_mode, decoder_mode = self.ATTENTION_MODES[hp.attention]
         self.net = SCNetModel(4 if hp.edges else 3, hp.width_multiplier, hp.levels, encoder_mode, decoder_mode,
-                              hp.downsampling, hp.vgg_config, hp.attention_kernel_size, hp.init)
+                              hp.downsampling, hp.vgg_config, hp.attention_kernel_size, hp.init, hp.fuse_init)
 
     # -- input ----------------------------------------------------------------------------------
     def normalize(self, images: Tensor) -> Tensor:

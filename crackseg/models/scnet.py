@@ -141,13 +141,21 @@ class SCNetModel(nn.Module):
             (1×1 last convolution in blocks 3–5, VGG-C as literally named in §III-F).
         attention_kernel_size: kernel of the attention convolutions.
         init: ``"xavier"`` (normal; §V-A, biases zero) or ``"default"`` (PyTorch's).
+        fuse_init: initial weights of the final 1×1 convolution over the side logits (eq. 4): ``"xavier"``
+            (as every other layer, §V-A: random signs) or ``"mean"`` (every weight 1 / ``levels``, bias 0:
+            HED's fusion layer, the ancestor of this one). The fusion weights move little under the paper's
+            SGD, so a side that its deep supervision teaches to rank cracks high can enter the fused map with
+            the negative sign it drew at initialisation (``benchmarks.scnet_sides``).
     """
 
     def __init__(self, in_channels: int = 4, width_multiplier: float = 1.0, levels: int = 5,
                  encoder_attention: AttentionMode = "conv", decoder_attention: AttentionMode = "conv",
                  downsampling: Literal["maxpool", "dilated"] = "maxpool", vgg_config: Literal["D", "C"] = "D",
-                 attention_kernel_size: int = 1, init: Literal["xavier", "default"] = "xavier") -> None:
+                 attention_kernel_size: int = 1, init: Literal["xavier", "default"] = "xavier",
+                 fuse_init: Literal["xavier", "mean"] = "xavier") -> None:
         super().__init__()
+        if fuse_init not in ("xavier", "mean"):
+            raise ValueError(f"fuse_init must be 'xavier' or 'mean', got {fuse_init!r}")
         if not 1 <= levels <= len(VGG_BLOCKS):
             raise ValueError(f"levels must be in 1..{len(VGG_BLOCKS)} (4 or 5 in the paper), got {levels}")
         if downsampling not in ("maxpool", "dilated"):
@@ -188,6 +196,9 @@ class SCNetModel(nn.Module):
         self.fuse = nn.ModuleList([nn.Conv2d(i + 2, 1, 1) for i in range(levels)])
         self.final = nn.Conv2d(levels, 1, 1)  # eq. 4
         initialize_convs(self, init)
+        if fuse_init == "mean":  # HED's fusion layer: the mean of the side logits
+            nn.init.constant_(self.final.weight, 1.0 / levels)
+            nn.init.zeros_(self.final.bias)
 
     #: submodule whose output Grad-CAM weights by default: the last decoder block (full resolution)
     default_gradcam_layer = "decoder.0"
