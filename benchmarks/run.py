@@ -363,13 +363,21 @@ def learning_curves(runs: dict[str, Path], out: Path, metric: str = "val/ods_dat
                 (0, 0, 0), 1)
     colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
                (227, 119, 194), (127, 127, 127)]
-    for i, (name, points) in enumerate(curves.items()):
+    for i, points in enumerate(curves.values()):
         colour = colours[i % len(colours)][::-1]  # RGB → OpenCV's BGR
         for a, b in zip(points, points[1:], strict=False):
             cv2.line(canvas, xy(*a), xy(*b), colour, 2, cv2.LINE_AA)
-        # legend in the lower right: the curves rise, so that corner is the emptiest
-        cv2.putText(canvas, name, (width - margin - 240, height - margin - 12 - 18 * (len(curves) - 1 - i)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1)
+    # the legend goes where it covers the fewest drawn pixels (the plot's emptiest box of its size)
+    box_w, box_h = 180, 18 * len(curves) + 6
+    inside = canvas[margin + 2:height - margin - box_h - 1, margin + 2:width - margin - box_w - 1]
+    ink = (canvas < 255).any(axis=2).astype(np.int32).cumsum(0).cumsum(1)
+    left, top = min(((x, y) for y in range(margin + 2, margin + 2 + max(1, inside.shape[0]), 10)
+                     for x in range(margin + 2, margin + 2 + max(1, inside.shape[1]), 10)),
+                    key=lambda c: ink[c[1] + box_h, c[0] + box_w] - ink[c[1], c[0] + box_w]
+                    - ink[c[1] + box_h, c[0]] + ink[c[1], c[0]])
+    for i, name in enumerate(curves):
+        cv2.putText(canvas, name, (left + 6, top + 18 * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    colours[i % len(colours)][::-1], 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), canvas)
     return out
