@@ -5,7 +5,7 @@
 
 For each run (a ``benchmarks.run`` row folder) the checkpoint is evaluated on the test split of the dataset
 (CrackForest: the rows' 20 % hold-out, seed 0; DeepCrack: its test folder) at full image size: pixel AUROC
-and the best-threshold F1 over the test set (the paper's F1, ``ods_dataset``, 200 thresholds) of the fused
+and the best-threshold F1 over the test set (the paper's F1, ``ods_dataset``, thresholds 0.01 … 0.99) of the fused
 probability map (eq. 4) and of each side output (eq. 3, finest scale first), and the weights of the 1×1
 convolution that fuses the side logits. An AUROC below 0.5 means the output ranks cracks *below* background;
 a side that ranks well but enters the fusion with a negative weight drags the fused map down.
@@ -18,33 +18,33 @@ import sys
 from pathlib import Path
 
 import torch
-from torchmetrics.classification import BinaryAUROC, BinaryPrecisionRecallCurve
 
 from benchmarks.common import SHARED_DATA, commit, machine, usable_cores, write_section
+from benchmarks.run import CFD_SPLIT
 from crackseg.datamodules import CrackForestDataModule, DeepCrackDataModule
 from crackseg.lightning_modules import SCNet
+from crackseg.metrics import BinnedCurves, ThresholdSweepF1
 
-DATASETS = {"CrackForest": (CrackForestDataModule, "cfd", {"test_fraction": 0.2}),
+DATASETS = {"CrackForest": (CrackForestDataModule, "cfd", CFD_SPLIT),
             "DeepCrack": (DeepCrackDataModule, "deepcrack", {})}
 
 
 class OutputScores:
-    """Pixel AUROC and best-threshold dataset F1 of one output, accumulated over batches (binned, 200 thresholds)."""
+    """Pixel AUROC and best-threshold dataset F1 of one output, accumulated over batches, with the metric code of
+    the test rows (:class:`BinnedCurves`, 1000 bins; :class:`ThresholdSweepF1` at 0.01 … 0.99, TP / FP / FN summed
+    over the set: ``test/ods_dataset``)."""
 
-    def __init__(self, thresholds: int = 200) -> None:
-        self.auroc = BinaryAUROC(thresholds=thresholds)
-        self.curve = BinaryPrecisionRecallCurve(thresholds=thresholds)
+    def __init__(self) -> None:
+        self.curves = BinnedCurves()
+        self.sweep = ThresholdSweepF1(average="dataset")
 
     def update(self, logits: torch.Tensor, masks: torch.Tensor) -> None:
-        probs, target = torch.sigmoid(logits).flatten(), (masks > 0.5).flatten().long()
-        self.auroc.update(probs, target)
-        self.curve.update(probs, target)
+        probs, target = torch.sigmoid(logits), (masks > 0.5).long()
+        self.curves.update(probs, target)
+        self.sweep.update(probs, target)
 
     def compute(self) -> tuple[float, float]:
-        precision, recall, _ = self.curve.compute()
-        precision = precision.nan_to_num(0.0)  # thresholds above every probability: no positive prediction
-        f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
-        return float(self.auroc.compute()), float(f1.max())
+        return float(self.curves.compute()["auroc"]), float(self.sweep.compute()["ods"])
 
 
 def evaluate(model: SCNet, loader: torch.utils.data.DataLoader) -> dict[str, tuple[float, float]]:
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> str:
     cls, folder, split = DATASETS[opts.dataset]
     datamodule = cls(root=opts.root or SHARED_DATA / folder, batch_size=1, eval_batch_size=1, **split)
     datamodule.setup("test")
+    loader = datamodule.test_dataloader()
     results = {}
     for spec in opts.run:
         name, _, run_dir = spec.partition("=")
@@ -94,13 +95,13 @@ def main(argv: list[str] | None = None) -> str:
         if not checkpoint.is_file():
             parser.error(f"--run {name}: no checkpoint {checkpoint}")
         model = SCNet.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
-        results[name] = (evaluate(model, datamodule.test_dataloader()), model.net.final.weight.flatten().tolist())
+        results[name] = (evaluate(model, loader), model.net.final.weight.flatten().tolist())
         print(name, results[name], flush=True)
     text = (f"## SCNet outputs: how the fused map and each side output rank crack pixels ({opts.dataset} test)\n\n"
             f"Command: `python -m benchmarks.scnet_sides {' '.join(argv if argv is not None else sys.argv[1:])}`; "
             f"machine: {machine()}; commit {commit()}; checkpoint `{opts.checkpoint}` of each row; "
-            f"{len(datamodule.test_dataloader().dataset)} test images at full size; AUROC and best-threshold "
-            "dataset F1 in % (200 thresholds).\n\n" + table(results))
+            f"{len(loader.dataset)} test images at full size; pixel AUROC and best-threshold dataset F1 "
+            "(`ods_dataset`) in %.\n\n" + table(results))
     print(text)
     if opts.write:
         write_section(opts.section, text)
