@@ -15,6 +15,9 @@ built with ``pretrained=False`` and then loaded with the state dict ``--weights`
 its own factory loads), and the same input normalisation (``--mean`` / ``--std``). EfficientAD is not offered:
 anomalib fetches its distilled teacher and ImageNette from the internet, which neither this machine nor many
 clusters reach.
+``--fitted CKPT`` skips training and testing: the model is rebuilt, its fitted state (FastFlow's weights, PaDiM's
+Gaussians, PatchCore's memory bank) loaded from the Lightning checkpoint an earlier run saved, and only the
+inference times and peak memory are measured (for re-timing on a quiet machine, ``benchmarks/anomaly_timing.py``).
 Written: ``--out`` (JSON: throughput, fit time, inference ms at batch 1 / 32, peak memory) and
 ``DIR/<model>_maps.npy`` / ``DIR/<model>_scores.npy`` (anomaly maps N×H×W and image scores of the test
 images, in order), from which the runner computes the metrics with crackseg's own metric code.
@@ -119,6 +122,57 @@ def inference_ms(model: Fastflow | Padim | Patchcore, batch_size: int, input_siz
                                batch_size, runs, warmup, device)
 
 
+def load_fitted(model: Fastflow | Padim | Patchcore, checkpoint: Path) -> None:
+    """Load the state an earlier fit saved; buffers sized by the fit (Gaussians, memory bank) take the saved shape."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    for key, value in state.items():
+        path, _, name = key.rpartition(".")
+        module = model.get_submodule(path)
+        if name in module._buffers and module._buffers[name] is not None:
+            module._buffers[name] = torch.empty_like(value)
+    model.load_state_dict(state)
+
+
+def timing(args: argparse.Namespace, model: Fastflow | Padim | Patchcore, input_size: tuple[int, int],
+           device: str) -> dict:
+    """``ms_per_image`` per batch size of ``--timing-batches`` and the ``peak_memory_mb`` of the process."""
+    ms = {bs: inference_ms(model, bs, input_size, args.timing_runs, args.timing_warmup, device)
+          for bs in args.timing_batches}
+    return {"ms_per_image": {str(bs): v for bs, v in ms.items()}, "peak_memory_mb": peak_memory_mb(device)}
+
+
+def score_check(args: argparse.Namespace, model: Fastflow | Padim | Patchcore, device: str) -> float | None:
+    """Largest relative gap between the loaded model's scores of the first test batch and those the fit saved.
+
+    Near 0 shows the checkpoint restored the fitted model that was scored; None when no saved scores are there.
+    """
+    saved = Path(args.data) / f"{args.model}_scores.npy"
+    if not saved.is_file():
+        return None
+    test = np.load(Path(args.data) / "test.npy", mmap_mode="r")[:args.eval_batch_size]
+    with torch.no_grad():
+        images = torch.from_numpy(np.array(test)).float().to(device) / 255
+        scores = model.model(model.pre_processor(images)).pred_score.float().reshape(-1).cpu().numpy()
+    reference = np.load(saved)[:len(scores)]
+    return float(np.max(np.abs(scores - reference)) / max(float(np.max(np.abs(reference))), 1e-12))
+
+
+def run_fitted(args: argparse.Namespace, model: Fastflow | Padim | Patchcore, input_size: tuple[int, int],
+               device: str) -> dict:
+    """Timing only, of the model ``--fitted`` holds (no training, no test maps)."""
+    load_fitted(model, Path(args.fitted))
+    model.eval().to(device)
+    reset_peak_memory(device)
+    import anomalib
+
+    result = {"model": args.model, "anomalib": anomalib.__version__, "torch": torch.__version__,
+              "fitted": str(args.fitted), "score_check": score_check(args, model, device),
+              **timing(args, model, input_size, device),
+              "extractor": f"{args.backbone} stages {peer_stages(args)} (weights {Path(args.weights).name})"}
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    return result
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     data = Path(args.data)
@@ -128,6 +182,8 @@ def run(args: argparse.Namespace) -> dict:
     device = "cuda" if args.accelerator in ("gpu", "cuda") else "cpu"
     torch.manual_seed(args.seed)
     model = build(args, input_size)
+    if args.fitted:
+        return run_fitted(args, model, input_size, device)
     workdir = Path(args.workdir)
     batches = len(train) // args.batch_size if args.model == "fastflow" else -(-len(train) // args.batch_size)
     meter = TrainThroughput(str(workdir / f"{args.model}_throughput.json"), warmup=min(1, batches - 1))
@@ -157,15 +213,14 @@ def run(args: argparse.Namespace) -> dict:
     peak = peak_memory_mb(device)
     np.save(data / f"{args.model}_maps.npy", np.concatenate(maps))
     np.save(data / f"{args.model}_scores.npy", np.concatenate(scores))
-    ms = {bs: inference_ms(model, bs, input_size, args.timing_runs, args.timing_warmup, device)
-          for bs in args.timing_batches}
+    ms = timing(args, model, input_size, device)["ms_per_image"]
     import anomalib
 
     result = {"model": args.model, "anomalib": anomalib.__version__, "torch": torch.__version__,
               "epochs": int(trainer.current_epoch), "steps": int(trainer.global_step), "n_train": len(train),
               "n_test": len(test), "fit_seconds": fit_seconds, "test_seconds": test_seconds,
               "train_images_per_second": read_throughput(meter.output),
-              "ms_per_image": {str(bs): v for bs, v in ms.items()}, "peak_memory_mb": peak,
+              "ms_per_image": ms, "peak_memory_mb": peak,
               "extractor": f"{args.backbone} stages {peer_stages(args)} (weights {Path(args.weights).name})"}
     Path(args.out).write_text(json.dumps(result, indent=1))
     return result
@@ -199,6 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timing-runs", dest="timing_runs", type=int, default=5)
     parser.add_argument("--timing-warmup", dest="timing_warmup", type=int, default=2)
     parser.add_argument("--timing-batches", dest="timing_batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--fitted", default=None,
+                        help="Lightning checkpoint of an earlier fit: time that model only (no training, no test)")
     run(parser.parse_args(argv))
 
 

@@ -528,12 +528,7 @@ class Runner:
             return [], f"anomalib peers skipped: {python} does not exist"
         from crackseg.models.backbones import offline_state_dict
 
-        model_args = yaml.safe_load((REPO / job.config).read_text())["model"]["init_args"]
-        from crackseg.lightning_modules import MSFlow
-
-        defaults = {name: param.default for name, param in inspect.signature(MSFlow.__init__).parameters.items()}
-        backbone, stages = model_args["backbone"], model_args.get("stages", defaults["stages"])  # configs omit defaults
-        weights = job.model.get("weights", model_args.get("weights"))
+        backbone, stages, weights = peer_extractor(job)
         if weights != "offline":
             return [], f"anomalib peers skipped: our {job.method} config has weights {weights!r}, not 'offline'"
         data = self.workdir / "anomalib" / job.name
@@ -570,6 +565,16 @@ class Runner:
                             result["train_images_per_second"], result["ms_per_image"]["1"],
                             result["ms_per_image"]["32"], result["peak_memory_mb"], note=result["extractor"]))
         return rows, "; ".join(notes)
+
+
+def peer_extractor(job: Job) -> tuple[str, list[int], Any]:
+    """(backbone, stages, weights) of an MSFlow row's extractor, which its anomalib peers get too."""
+    from crackseg.lightning_modules import MSFlow
+
+    model_args = yaml.safe_load((REPO / job.config).read_text())["model"]["init_args"]
+    defaults = {name: param.default for name, param in inspect.signature(MSFlow.__init__).parameters.items()}
+    stages = model_args.get("stages", defaults["stages"])  # configs omit defaults
+    return model_args["backbone"], list(stages), job.model.get("weights", model_args.get("weights"))
 
 
 def deepcrack_subset(root: Path, out: Path, n_train: int) -> Path:
