@@ -20,6 +20,7 @@ rebuilt initial network on the first ``--batches`` training batches of CrackFore
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -63,7 +64,7 @@ def drift(checkpoint: Path, seed: int = 0) -> tuple[dict[str, list[float]], floa
     changes: dict[str, list[float]] = {}
     gate_bias = None
     for name, start in initial.named_parameters():
-        end = trained[name]
+        start, end = start.detach(), trained[name]
         if name.endswith("weight"):
             changes.setdefault(part_of(name), []).append(float((end - start).norm() / start.norm().clamp_min(1e-12)))
         elif part_of(name) == "gate":
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> str:
             parser.error(f"--run {spec!r}: give NAME=RUN_DIR with {opts.checkpoint} in RUN_DIR/checkpoints")
     rows = {name: drift(checkpoint, opts.seed) for name, checkpoint in checkpoints.items()}
     text = ("## How far training moved each part of SCNet from its initialisation\n\n"
-            f"Command: `python -m benchmarks.scnet_drift {' '.join(argv if argv is not None else sys.argv[1:])}`; "
+            f"Command: `python -m benchmarks.scnet_drift {shlex.join(argv if argv is not None else sys.argv[1:])}`; "
             f"machine: {machine()}; commit {commit()}; checkpoint `{opts.checkpoint}` of each row. Cells: median "
             "(largest) relative change ‖W − W₀‖ / ‖W₀‖ of the part's weight tensors, in %.\n\n" + table(rows))
     if opts.gradients:
