@@ -12,14 +12,16 @@ table: its ``score`` switches (``l2``: the mean squared reconstruction error of 
 beside diagnostics of what the error measures: the image's mean brightness alone, the squared error after
 removing each image's mean residual (a brightness offset), and the top-1 % mean of the residual map. An MSFlow
 run is re-scored with ``map_normalization`` ``image`` (the reference code: each map relative to its image's most
-likely pixel) and ``none`` (absolute likelihoods, comparable across images): image AUROC and pixel AUROC (every
-16th pixel) of each. Prints
+likely pixel) and ``none`` (absolute likelihoods, comparable across images), and with ``image_score: mean_nll``:
+image AUROC and pixel AUROC (every 16th pixel) of each; and, as a diagnostic, the image AUROC of each scale's
+negative log-likelihood alone (its mean and top-1 % mean over the image). Prints
 the tables (``--write``: also the section ``anomaly_scores`` of RESULTS.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -86,10 +88,10 @@ def vae_scores(maps: list[torch.Tensor], outputs: list[dict], labels: torch.Tens
 
 def msflow_scores(model: object, outputs: list[dict], labels: torch.Tensor,
                   masks: list[torch.Tensor]) -> dict[str, tuple[float, float]]:
-    """(image AUROC %, pixel AUROC %) of an MSFlow run under each ``map_normalization``."""
+    """(image AUROC %, pixel AUROC %) of an MSFlow run under each ``map_normalization`` and ``image_score``."""
     result = {}
-    for normalization in ("image", "none"):
-        model.hparams.map_normalization = normalization
+    for normalization, image_score in (("image", "topk"), ("none", "topk"), ("image", "mean_nll")):
+        model.hparams.map_normalization, model.hparams.image_score = normalization, image_score
         scores, pixels, targets = [], [], []
         for out, mask in zip(outputs, masks, strict=True):
             out.pop("mul_map", None)  # cached by pro_map for the previous setting
@@ -97,7 +99,20 @@ def msflow_scores(model: object, outputs: list[dict], labels: torch.Tensor,
             scores.append(model.image_score(maps, out))
             pixels.append(maps.flatten()[::16])
             targets.append(mask.flatten()[::16])
-        result[normalization] = (auroc(torch.cat(scores), labels), auroc(torch.cat(pixels), torch.cat(targets)))
+        result[f"{normalization}, {image_score}"] = (auroc(torch.cat(scores), labels),
+                                                     auroc(torch.cat(pixels), torch.cat(targets)))
+    return result
+
+
+def msflow_scale_scores(model: object, outputs: list[dict], labels: torch.Tensor) -> dict[str, float]:
+    """Image AUROC % of each scale's negative log-likelihood alone (a diagnostic, not a switch): mean and top 1 %."""
+    result = {}
+    native = [model._native_logp(out) for out in outputs]
+    for scale in range(len(native[0])):
+        nll = [-maps[scale].flatten(1) for maps in native]
+        top = [n.topk(max(1, math.ceil(0.01 * n.shape[1])), 1).values.mean(1) for n in nll]
+        result[f"scale {scale + 1} mean"] = auroc(torch.cat([n.mean(1) for n in nll]), labels)
+        result[f"scale {scale + 1} top 1 %"] = auroc(torch.cat(top), labels)
     return result
 
 
@@ -105,7 +120,8 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", action="append", required=True, help="NAME=FOLDER of a finished fit run")
     parser.add_argument("--border", type=int, default=8, help="score_border of the border-excluded rows (pixels)")
-    parser.add_argument("--write", action="store_true", help="replace the section anomaly_scores of RESULTS.md")
+    parser.add_argument("--write", action="store_true", help="replace the section --section of RESULTS.md")
+    parser.add_argument("--section", default="anomaly_scores", help="section of RESULTS.md --write replaces")
     args = parser.parse_args(argv)
     torch.set_num_threads(usable_cores())
     rows, vae, flows = [], [], []
@@ -113,7 +129,8 @@ def main(argv: list[str] | None = None) -> str:
         name, _, folder = item.partition("=")
         model, maps, outputs, labels, masks = test_maps(Path(folder))
         if isinstance(model, lightning_modules.MSFlow):
-            flows.append((name, msflow_scores(model, outputs, labels, masks)))
+            flows.append((name, msflow_scores(model, outputs, labels, masks),
+                          msflow_scale_scores(model, outputs, labels)))
             continue
         if isinstance(model, lightning_modules.VAEGradCAM):
             vae.append((name, vae_scores(maps, outputs, labels), len(labels)))
@@ -141,13 +158,16 @@ by each `score` (`topk`: mean of the top `topk_fraction`) with the whole map and
         text += (f"\n{name} ({n} test images), image AUROC % of each score (the paper's: l2):\n\n| "
                  + " | ".join(values) + " |\n|" + "---|" * len(values) + "\n| "
                  + " | ".join(f"{v:.1f}" for v in values.values()) + " |\n")
-    for name, values in flows:
-        text += (f"\n{name}: `map_normalization` image (the reference; the run's) / none: image AUROC "
-                 f"{values['image'][0]:.1f} / {values['none'][0]:.1f}, pixel AUROC {values['image'][1]:.1f} / "
-                 f"{values['none'][1]:.1f}\n")
+    for name, values, scales in flows:
+        text += (f"\n{name}: image AUROC % / pixel AUROC % per `map_normalization`, `image_score` (the first: the "
+                 "reference code, the run's):\n\n| " + " | ".join(values) + " |\n|" + "---|" * len(values) + "\n| "
+                 + " | ".join(f"{a:.1f} / {p:.1f}" for a, p in values.values()) + " |\n\n"
+                 f"{name}: image AUROC % of each scale's negative log-likelihood alone (diagnostic):\n\n| "
+                 + " | ".join(scales) + " |\n|" + "---|" * len(scales) + "\n| "
+                 + " | ".join(f"{v:.1f}" for v in scales.values()) + " |\n")
     print(text)
     if args.write:
-        write_section("anomaly_scores", text)
+        write_section(args.section, text)
     return text
 
 

@@ -143,6 +143,19 @@ def test_additive_map_follows_the_reference_formula() -> None:
     assert torch.allclose(module.pro_map(None, outputs), 1 - torch.exp(total - total.max()), atol=1e-6)
 
 
+@pytest.mark.parametrize("normalization", ["image", "none"])
+def test_mean_nll_image_score_is_the_images_mean_negative_log_likelihood(normalization: str) -> None:
+    module = MSFlow(backbone="resnet18", weights=None, blocks=(1, 1, 1), cond_channels=8, image_score="mean_nll",
+                    map_normalization=normalization)
+    zs = [torch.randn(2, 2, 4, 4), torch.randn(2, 2, 2, 2), 3 * torch.randn(2, 2, 1, 1)]
+    outputs = {"z": zs, "image_size": (32, 32)}
+    total = sum(torch.nn.functional.interpolate(-0.5 * (z**2).mean(1, keepdim=True), size=(32, 32), mode="bilinear",
+                                                align_corners=True) for z in zs)
+    assert torch.allclose(module.image_score(None, outputs), -total.flatten(1).mean(1), atol=1e-6)
+    with pytest.raises(ValueError, match="image_score"):
+        MSFlow(backbone="resnet18", weights=None, image_score="max")
+
+
 def test_loss_decreases_and_gradients_are_clipped() -> None:
     torch.manual_seed(0)
     module = MSFlow(backbone="resnet18", weights=None, blocks=(1, 1, 1), cond_channels=8, lr=1e-3,
@@ -307,3 +320,29 @@ def test_table_one_variants_on_real_magnetic_tile(workdir: Path, shared_data: Ca
     limits = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches",
               "2"]
     _table_one(workdir, "magnetic_tile", data, {"root": str(deepcrack)}, limits)
+
+
+def test_anomaly_scores_benchmark_rescores_an_msflow_run(workdir: Path) -> None:
+    """benchmarks/anomaly_scores gives each map_normalization / image_score of an MSFlow run and the per-scale
+    diagnostic; its first cell (the run's own setting) is the image AUROC ``crackseg test`` reports."""
+    from fakes import make_magnetic_tile
+
+    from benchmarks import anomaly_scores
+
+    root = make_magnetic_tile(workdir / "mt", n_free=8)
+    common = ["--config", str(CONFIGS / "magnetic_tile.yaml"), "--data.init_args.root", str(root),
+              "--data.init_args.image_size", "[64, 64]", "--data.init_args.batch_size", "2",
+              "--model.init_args.weights", "null", "--model.init_args.backbone", "resnet18",
+              "--model.init_args.normalization", "imagenet", *TINY_FLOW, *TINY_TRAINER]
+    main(["fit", *common])
+    run = workdir / "runs/msflow_magnetic_tile"
+    cli = main(["test", *common, "--ckpt_path", str(run / "checkpoints/best.ckpt")])
+    text = anomaly_scores.main(["--run", f"MSFlow={run}"])
+    lines = text.splitlines()
+    heads = lines.index("| image, topk | none, topk | image, mean_nll |")
+    cells = [cell.strip() for cell in lines[heads + 2].strip("|").split("|")]
+    assert len(cells) == 3
+    assert float(cells[0].split(" / ")[0]) == pytest.approx(
+        100 * float(cli.trainer.callback_metrics["test/image_auroc"]), abs=0.05)
+    scales = next(line for line in lines if line.startswith("| scale 1 mean |"))
+    assert scales.count("|") == 7  # mean and top 1 % of three scales

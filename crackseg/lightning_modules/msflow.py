@@ -147,8 +147,11 @@ class MSFlow(CrackSegModule):
       its maximum.
 
     "max" is each image's maximum (``map_normalization: image``, the reference code); ``none`` uses the
-    largest possible value instead (logp ≤ 0), so maps are comparable across images. Image score = mean of
-    the top ``top_k`` fraction of the ``"mul"`` map (the issue's 3 %; the reference code's default is 10 %).
+    largest possible value instead (logp ≤ 0), so maps are comparable across images. Image score
+    (``image_score: topk``, the reference) = mean of the top ``top_k`` fraction of the ``"mul"`` map (the
+    issue's 3 %; the reference code's default is 10 %); ``image_score: mean_nll`` is instead the image's mean
+    negative log-likelihood −mean(Σ_scales upsample(logp)), the image-level score of flow detectors such as
+    DifferNet: absolute, so comparable across images whatever ``map_normalization`` does to the maps.
     Maps are scores (``maps_are_probabilities = False``): exact AUROC / AUPRO at test, thresholds from
     ``MeanStdThreshold`` or ``F1Threshold``.
 
@@ -170,6 +173,8 @@ class MSFlow(CrackSegModule):
             convolutions by reflection). The same pretrained weights either way.
         map_normalization: ``"image"`` (per-image maximum, reference) or ``"none"``.
         top_k: fraction of pixels averaged into the image score (0.03).
+        image_score: ``"topk"`` (the reference: top-``top_k`` mean of the ``"mul"`` map) or ``"mean_nll"``
+            (the image's mean negative log-likelihood over all pixels and scales).
         grad_clip_norm: gradient-norm clipping (2, reference code); 0 disables it. A trainer
             ``gradient_clip_val`` takes precedence.
         normalization: input normalisation (``"imagenet"``; ``"symmetric"`` for the offline weights).
@@ -184,7 +189,7 @@ class MSFlow(CrackSegModule):
 
     maps_are_probabilities = False
     weight_sources = ("weights", "extractor_checkpoint")
-    score_reads_map_only = False  # the score is the top-k mean of the multiplicative map, from the outputs
+    score_reads_map_only = False  # the score (top-k of the multiplicative map, or the mean NLL) reads the outputs
 
     @classmethod
     def threshold_calibration(cls) -> tuple[type[Callback], dict[str, Any]]:
@@ -208,6 +213,7 @@ class MSFlow(CrackSegModule):
         padding_mode: Literal["zeros", "reflect"] = "zeros",
         map_normalization: Literal["image", "none"] = "image",
         top_k: float = 0.03,
+        image_score: Literal["topk", "mean_nll"] = "topk",
         grad_clip_norm: float = 2.0,
         normalization: Literal["symmetric", "imagenet", "unit"] = "imagenet",
         optimizer: Literal["sgd", "adam", "adamw"] = "adam",
@@ -220,6 +226,8 @@ class MSFlow(CrackSegModule):
     ) -> None:
         if not 0 < top_k <= 1:
             raise ValueError(f"model.top_k must be in (0, 1], got {top_k}")
+        if image_score not in ("topk", "mean_nll"):
+            raise ValueError(f"model.image_score must be 'topk' or 'mean_nll', got {image_score!r}")
         if map_normalization not in ("image", "none"):
             raise ValueError(f"model.map_normalization must be 'image' or 'none', got {map_normalization!r}")
         if cond_channels < 4 or cond_channels % 4:
@@ -305,7 +313,10 @@ class MSFlow(CrackSegModule):
         return outputs["mul_map"]
 
     def image_score(self, maps: Tensor, outputs: dict[str, Any]) -> Tensor:
-        """Mean of the top ``top_k`` fraction of the multiplicative map."""
+        """Mean of the top ``top_k`` fraction of the multiplicative map, or (``mean_nll``) the mean −Σ logp."""
+        if self.hparams.image_score == "mean_nll":
+            total = sum(self._to_input(lp, outputs) for lp in self._native_logp(outputs))
+            return -total.flatten(1).mean(1)
         flat = self.pro_map(maps, outputs).flatten(1)
         k = max(1, math.ceil(self.hparams.top_k * flat.shape[1]))
         return flat.topk(k, dim=1).values.mean(1)
