@@ -144,12 +144,16 @@ def main(argv: list[str] | None = None) -> str:
                 cells.append(f"**{value:.1f}**" if (score, border) == paper else f"{value:.1f}")
         rows.append(f"| {name} | {len(labels)} ({int(labels.sum())} defective) | " + " | ".join(cells) + " |")
     header = " | ".join(f"{s}" for s in SCORES) + " | " + " | ".join(f"{s}, border {args.border}" for s in SCORES)
-    text = f"""## Image-score switches of the trained feature autoencoders (issue 17)
+    text = f"""## Image-score switches of the trained anomaly detectors (issue 17)
 
 Command: `python -m benchmarks.anomaly_scores {' '.join(argv or sys.argv[1:])}`; machine: {machine()}; commit
-{commit()}. The best checkpoints of the `run_cpu-anomaly` rows, their test maps computed once and scored
-by each `score` (`topk`: mean of the top `topk_fraction`) with the whole map and with `score_border:
-{args.border}`; image AUROC % (crackseg's exact rank AUROC). Bold: the configuration the run was tested with.
+{commit()}. The best checkpoints of the `run_cpu-anomaly` rows, their test maps computed once and re-scored;
+image AUROC % (crackseg's exact rank AUROC).
+"""
+    if rows:
+        text += f"""
+Feature autoencoders: each `score` (`topk`: mean of the top `topk_fraction`) with the whole map and with
+`score_border: {args.border}`. Bold: the configuration the run was tested with.
 
 | run | test images | {header} |
 |---|---|{'---|' * (2 * len(SCORES))}
