@@ -12,6 +12,7 @@ separately, so a neighbour's load shifts them unevenly.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,35 +49,51 @@ def parts(model: FeatureReconstruction, images: torch.Tensor) -> dict[str, tuple
 
 
 def profile(model: FeatureReconstruction, size: int = 256, batches: tuple[int, ...] = (1, 32), runs: int = 5,
-            warmup: int = 2) -> list[tuple[str, int, list[float]]]:
-    """``(part, parameters, [ms per image at each batch size])`` for the :func:`parts` of ``model``'s inference."""
+            warmup: int = 2, chunks: tuple[int | None, ...] = ()) -> list[tuple[str, int, list[float]]]:
+    """``(part, parameters, [ms per image at each batch size])`` for the :func:`parts` of ``model``'s inference
+    (the whole with the model's own ``inference_chunk``), then the whole under each ``inference_chunk`` of
+    ``chunks`` (None: one pass)."""
     rows: dict[str, tuple[int, list[float]]] = {}
+    own = model.net.inference_chunk
     for batch in batches:
         for name, (count, step) in parts(model, torch.rand(batch, 3, size, size)).items():
             rows.setdefault(name, (count, []))[1].append(median_ms_per_image(step, batch, runs, warmup))
+        whole = parts(model, torch.rand(batch, 3, size, size))["whole: forward + map + score"]
+        for chunk in chunks:
+            model.net.inference_chunk = chunk
+            rows.setdefault(f"whole, inference_chunk {chunk}", (whole[0], []))[1].append(
+                median_ms_per_image(whole[1], batch, runs, warmup))
+        model.net.inference_chunk = own
     return [(name, count, times) for name, (count, times) in rows.items()]
+
+
+def _chunk(value: str) -> int | None:
+    return None if value.lower() in ("none", "null") else int(value)
 
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--runs", type=int, default=5, help="timed runs per figure (after 2 warm-up runs)")
+    parser.add_argument("--chunks", nargs="*", default=[], type=_chunk,
+                        help="also time the whole under each inference_chunk (none: one pass)")
     parser.add_argument("--write", action="store_true", help="replace the section profile_<method> of RESULTS.md")
     opts = parser.parse_args(argv)
     torch.set_num_threads(usable_cores())
     model = load(opts.checkpoint)
     method = type(model).__name__
     lines = [f"{machine()}, {torch.get_num_threads()} torch thread(s); commit {commit()}; checkpoint "
-             f"`{opts.checkpoint}`; median of {opts.runs} runs after 2 warm-up runs", "",
+             f"`{opts.checkpoint}`; median of {opts.runs} runs after 2 warm-up runs; the parts run unchunked, "
+             f"the whole with the model's inference_chunk {model.net.inference_chunk}", "",
              "| part | parameters | ms/img b1 | ms/img b32 |", "|---|---|---|---|"]
-    for name, count, (b1, b32) in profile(model, runs=opts.runs):
+    for name, count, (b1, b32) in profile(model, runs=opts.runs, chunks=tuple(opts.chunks)):
         lines.append(f"| {name} | {count / 1e6:.2f} M | {b1:.1f} | {b32:.1f} |")
     text = "\n".join(lines)
     print(text)
     if opts.write:
         write_section(f"profile_{method.lower()}",
                       f"## Where {method}'s inference time goes (256², CPU)\n"
-                      f"Command: `python -m benchmarks.profile_feature_ae --checkpoint {opts.checkpoint} --write`\n\n"
+                      f"Command: `python -m benchmarks.profile_feature_ae {' '.join(argv or sys.argv[1:])}`\n\n"
                       + text)
     return text
 

@@ -183,6 +183,20 @@ def test_feature_extractor_grid_and_freezing() -> None:
     assert torch.allclose(features, torch.cat(maps, dim=1), atol=1e-5)
 
 
+def test_inference_chunks_give_the_whole_batch_outputs() -> None:
+    model = DFR(backbone="resnet18", blocks=(1, 2), layers=None, weights=None, latent_dim=4, inference_chunk=None)
+    model.eval()
+    images = torch.rand(5, 3, 32, 32)
+    with torch.no_grad():
+        whole = model(images)
+        model.net.inference_chunk = 2  # 2 + 2 + 1 images
+        chunked = model(images)
+    assert all(torch.allclose(chunked[k], whole[k], atol=1e-6) for k in ("features", "reconstruction"))
+    with pytest.raises(ValueError, match="inference_chunk"):
+        SkipAE(backbone="resnet18", blocks=(1,), weights=None, inference_chunk=0)
+    assert SkipAE(backbone="resnet18", blocks=(1,), weights=None).net.inference_chunk == 4  # the default
+
+
 @pytest.mark.parametrize(("height", "width", "depth"), [(16, 16, 4), (13, 17, 3), (64, 64, 6)])
 def test_skip_ae_shapes(height: int, width: int, depth: int) -> None:
     model = SkipAEModel(40, base_channels=8, depth=depth)

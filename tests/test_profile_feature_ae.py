@@ -22,8 +22,10 @@ def test_profile_reads_the_checkpoint_and_times_every_part(cls: type, tmp_path: 
 
     loaded = profile_feature_ae.load(checkpoint)
     assert type(loaded) is cls
-    rows = profile_feature_ae.profile(loaded, size=32, batches=(1, 2), runs=1, warmup=0)
-    assert [name.split(" ")[0] for name, _, _ in rows] == ["extractor", "autoencoder", "map", "whole:"]
+    rows = profile_feature_ae.profile(loaded, size=32, batches=(1, 2), runs=1, warmup=0, chunks=(None, 1))
+    assert [name.split(" ")[0] for name, _, _ in rows[:4]] == ["extractor", "autoencoder", "map", "whole:"]
+    assert [name for name, _, _ in rows][-2:] == ["whole, inference_chunk None", "whole, inference_chunk 1"]
+    assert loaded.net.inference_chunk == 4  # the model's own setting is restored
     assert all(len(times) == 2 and all(t > 0 for t in times) for _, _, times in rows)
-    params = {name.split(" ")[0]: count for name, count, _ in rows}
+    params = {name.split(" ")[0]: count for name, count, _ in rows[:4]}
     assert params["whole:"] == params["extractor"] + params["autoencoder"] > params["autoencoder"] > 0

@@ -88,6 +88,9 @@ class FeatureReconstruction(CrackSegModule):
             images: 1.9 GB), on every DDP rank. Each image's pixel sums are checked when its features are
             reused: an image that differs from its first epoch (augmentation) stops training with an error.
             Inputs whose sides are not multiples of ``pool`` are not cached.
+        inference_chunk: on a CPU, evaluation batches larger than this run in chunks of this many images (the
+            same numbers, 2–4× less time per image at batch 32; ``benchmarks/RESULTS.md``, ``profile_dfr``,
+            ``profile_skipae``); null: the whole batch at once. Training and GPUs always take the whole batch.
         **kwargs: thresholds and scheduling options of :class:`~crackseg.lightning_modules.CrackSegModule`.
     """
 
@@ -116,6 +119,7 @@ class FeatureReconstruction(CrackSegModule):
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         cache_features: bool = False,
+        inference_chunk: int | None = 4,
         **kwargs: Any,
     ) -> None:
         if loss not in ("mse", "l2"):
@@ -124,6 +128,8 @@ class FeatureReconstruction(CrackSegModule):
             raise ValueError(f"model.score must be 'max', 'mean' or 'topk', got {score!r}")
         if not 0 < topk_fraction <= 1:
             raise ValueError(f"model.topk_fraction must be in (0, 1], got {topk_fraction}")
+        if inference_chunk is not None and inference_chunk < 1:
+            raise ValueError(f"model.inference_chunk must be >= 1 or null, got {inference_chunk}")
         if score_border < 0:
             raise ValueError(f"model.score_border must be >= 0 pixels, got {score_border}")
         if (blocks is None) == (layers is None):
@@ -140,7 +146,7 @@ class FeatureReconstruction(CrackSegModule):
         """The frozen extractor and the autoencoder over its tensor (``self.net``)."""
         hp = self.hparams
         extractor = FeatureExtractor(hp.backbone, hp.blocks, hp.layers, hp.weights, hp.pool, hp.padding_mode)
-        self.net = FeatureAENet(extractor, self.build_autoencoder(extractor.channels))
+        self.net = FeatureAENet(extractor, self.build_autoencoder(extractor.channels), hp.inference_chunk)
 
     def build_autoencoder(self, in_channels: int) -> nn.Module | None:
         """The autoencoder over ``in_channels`` feature channels (None when it cannot be built yet)."""

@@ -276,12 +276,21 @@ class FeatureAENet(nn.Module):
     Args:
         extractor: the :class:`FeatureExtractor`.
         autoencoder: the autoencoder over its tensor; None until it can be built (DFR before its PCA).
+        inference_chunk: on a CPU in eval mode, batches larger than this go through in chunks of this many
+            images (the same numbers: the extractor is frozen and the autoencoder's BatchNorm uses its running
+            statistics). A large batch's activations overflow the CPU caches: at 256² a batch of 32 costs 2–4×
+            more per image than chunks of 4 (``benchmarks/RESULTS.md``, ``profile_dfr``, ``profile_skipae``).
+            None: one pass; training and GPUs always take the whole batch.
     """
 
-    def __init__(self, extractor: FeatureExtractor, autoencoder: nn.Module | None = None) -> None:
+    def __init__(self, extractor: FeatureExtractor, autoencoder: nn.Module | None = None,
+                 inference_chunk: int | None = 4) -> None:
         super().__init__()
+        if inference_chunk is not None and inference_chunk < 1:
+            raise ValueError(f"inference_chunk must be >= 1 or None, got {inference_chunk}")
         self.extractor = extractor
         self.autoencoder = autoencoder
+        self.inference_chunk = inference_chunk
 
     @property
     def stride(self) -> int:
@@ -292,5 +301,9 @@ class FeatureAENet(nn.Module):
             raise RuntimeError("the autoencoder is not built yet: its width comes from the training data (DFR's "
                                "PCA); train the model (crackseg fit), load a checkpoint (--ckpt_path) or set "
                                "model.init_args.latent_dim")
+        chunk = self.inference_chunk
+        if chunk is not None and not self.training and x.device.type == "cpu" and len(x) > chunk:
+            parts = [self(part) for part in x.split(chunk)]
+            return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
         features = self.extractor(x)
         return {"features": features, "reconstruction": self.autoencoder(features)}
