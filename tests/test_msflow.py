@@ -126,6 +126,20 @@ def test_maps_scores_and_loss(normalization: str) -> None:
     assert float(losses["loss"]) == pytest.approx(float(nll.mean()), rel=1e-5)
 
 
+def test_inference_chunks_give_the_whole_batch_latents() -> None:
+    model = MSFlowModel("resnet18", weights=None, blocks=(1, 1, 1), cond_channels=8, inference_chunk=None).eval()
+    images = torch.rand(5, 3, 64, 64)
+    with torch.no_grad():
+        whole = model(images)
+        model.inference_chunk = 2  # 2 + 2 + 1 images
+        chunked = model(images)
+    assert torch.allclose(chunked["logdet"], whole["logdet"], atol=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(chunked["z"], whole["z"], strict=True))
+    assert MSFlow(backbone="resnet18", weights=None, blocks=(1, 1, 1), cond_channels=8).net.inference_chunk == 4
+    with pytest.raises(ValueError, match="inference_chunk"):
+        MSFlow(backbone="resnet18", weights=None, inference_chunk=0)
+
+
 def test_additive_map_follows_the_reference_formula() -> None:
     module = MSFlow(backbone="resnet18", weights=None, blocks=(1, 1, 1), cond_channels=8)
     zs = [torch.randn(1, 2, 4, 4), torch.randn(1, 2, 2, 2), torch.randn(1, 2, 1, 1)]

@@ -175,6 +175,9 @@ class MSFlow(CrackSegModule):
         top_k: fraction of pixels averaged into the image score (0.03).
         image_score: ``"topk"`` (the reference: top-``top_k`` mean of the ``"mul"`` map) or ``"mean_nll"``
             (the image's mean negative log-likelihood over all pixels and scales).
+        inference_chunk: on a CPU, evaluation batches larger than this run in chunks of this many images (the
+            same outputs, less time per image; ``benchmarks/RESULTS.md``, ``anomaly_timing``); null: one pass.
+            Training and GPUs always take the whole batch.
         grad_clip_norm: gradient-norm clipping (2, reference code); 0 disables it. A trainer
             ``gradient_clip_val`` takes precedence.
         normalization: input normalisation (``"imagenet"``; ``"symmetric"`` for the offline weights).
@@ -214,6 +217,7 @@ class MSFlow(CrackSegModule):
         map_normalization: Literal["image", "none"] = "image",
         top_k: float = 0.03,
         image_score: Literal["topk", "mean_nll"] = "topk",
+        inference_chunk: int | None = 4,
         grad_clip_norm: float = 2.0,
         normalization: Literal["symmetric", "imagenet", "unit"] = "imagenet",
         optimizer: Literal["sgd", "adam", "adamw"] = "adam",
@@ -246,7 +250,7 @@ class MSFlow(CrackSegModule):
         hp = self.hparams
         checkpoint = hp.extractor_checkpoint
         self.net = MSFlowModel(hp.backbone, tuple(hp.stages), None if checkpoint else hp.weights, tuple(hp.blocks),
-                               hp.cond_channels, hp.clamp, hp.pool, hp.padding_mode)
+                               hp.cond_channels, hp.clamp, hp.pool, hp.padding_mode, hp.inference_chunk)
         if checkpoint:
             path = Path(checkpoint).expanduser()
             state = read_state_dict(path)

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from crackseg.models.backbones import create_backbone
+from crackseg.models.ops import forward_in_chunks
 
 __all__ = ["VGG19_DFR_LAYERS", "DFRModel", "FeatureAENet", "FeatureExtractor", "SkipAEModel", "estimate_latent_dim",
            "resize_pool_matrix", "residual_map"]
@@ -301,9 +302,9 @@ class FeatureAENet(nn.Module):
             raise RuntimeError("the autoencoder is not built yet: its width comes from the training data (DFR's "
                                "PCA); train the model (crackseg fit), load a checkpoint (--ckpt_path) or set "
                                "model.init_args.latent_dim")
-        chunk = self.inference_chunk
-        if chunk is not None and not self.training and x.device.type == "cpu" and len(x) > chunk:
-            parts = [self(part) for part in x.split(chunk)]
-            return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+        chunk = self.inference_chunk if not self.training and x.device.type == "cpu" else None
+        return forward_in_chunks(self._forward, x, chunk)
+
+    def _forward(self, x: Tensor) -> dict[str, Tensor]:
         features = self.extractor(x)
         return {"features": features, "reconstruction": self.autoencoder(features)}

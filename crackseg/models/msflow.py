@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from crackseg.models.backbones import create_backbone
+from crackseg.models.ops import forward_in_chunks
 
 __all__ = ["FusionCoupling", "MSFlowModel", "MultiScaleFlow", "PretrainUNet", "SubnetConvLN", "parallel_flow",
            "positional_encoding_2d"]
@@ -238,12 +239,19 @@ class MSFlowModel(nn.Module):
         clamp: affine clamping of every coupling (1.9).
         pool: ``"avg"`` (AvgPool2d(3, 2, 1), the paper), ``"max"`` or ``"none"``.
         padding_mode: border fill of the extractor's convolutions (``"zeros"``; MSFlow's code: ``"reflect"``).
+        inference_chunk: on a CPU in eval mode, batches larger than this run in chunks of this many images (the
+            same outputs; a large batch costs more per image there, see :func:`~crackseg.models.ops.forward_in_chunks`).
+            None: one pass; training and GPUs always take the whole batch.
     """
 
     def __init__(self, backbone: str = "wide_resnet50_2", stages: Sequence[int] = (1, 2, 3),
                  weights: str | None = "auto", blocks: Sequence[int] = (2, 5, 8), cond_channels: int = 64,
-                 clamp: float = 1.9, pool: str = "avg", padding_mode: str = "zeros") -> None:
+                 clamp: float = 1.9, pool: str = "avg", padding_mode: str = "zeros",
+                 inference_chunk: int | None = 4) -> None:
         super().__init__()
+        if inference_chunk is not None and inference_chunk < 1:
+            raise ValueError(f"model.inference_chunk must be >= 1 or null, got {inference_chunk}")
+        self.inference_chunk = inference_chunk
         if pool not in ("avg", "max", "none"):
             raise ValueError(f"model.pool must be 'avg', 'max' or 'none', got {pool!r}")
         if len(blocks) != len(stages):
@@ -273,6 +281,10 @@ class MSFlowModel(nn.Module):
             return [self.pool(h) for h in self.extractor(x)]
 
     def forward(self, x: Tensor) -> dict[str, Tensor | list[Tensor]]:
+        chunk = self.inference_chunk if not self.training and x.device.type == "cpu" else None
+        return forward_in_chunks(self._forward, x, chunk)
+
+    def _forward(self, x: Tensor) -> dict[str, Tensor | list[Tensor]]:
         features = self.features(x)
         with torch.autocast(device_type=x.device.type, enabled=False):  # flows in float32 under mixed precision
             zs, logdet = self.flows([h.float() for h in features])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -24,3 +27,26 @@ def max_unpool2d(x: Tensor, indices: Tensor, output_size: tuple[int, int] | torc
     out = x.new_zeros(batch, channels, height * width)
     out = out.scatter(2, indices.flatten(2), x.flatten(2))
     return out.view(batch, channels, height, width)
+
+
+def forward_in_chunks(forward: Callable[[Tensor], Any], x: Tensor, chunk: int | None) -> Any:
+    """``forward(x)`` run on chunks of at most ``chunk`` images, the outputs concatenated along the batch.
+
+    Outputs may be tensors, or lists, tuples and dicts of them (other values are taken from the first chunk).
+    Written here because the CPU inference of a large batch costs more per image than that of small chunks
+    (activations that overflow the caches) and no library splits a module call and merges nested outputs.
+    """
+    if chunk is None or len(x) <= chunk:
+        return forward(x)
+    return _concatenate([forward(part) for part in x.split(chunk)])
+
+
+def _concatenate(parts: list[Any]) -> Any:
+    first = parts[0]
+    if isinstance(first, Tensor):
+        return torch.cat(parts)
+    if isinstance(first, dict):
+        return {key: _concatenate([part[key] for part in parts]) for key in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(_concatenate(list(items)) for items in zip(*parts, strict=True))
+    return first
