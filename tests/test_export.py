@@ -174,3 +174,20 @@ def test_wrapper_matches_evaluate_batch() -> None:
         want = module.evaluate_batch({"image": images})
     assert torch.equal(maps, want["map"]) and torch.equal(masks, want["pred_mask"])
     assert torch.equal(scores, want["score"]) and torch.equal(labels, want["pred_label"])
+
+
+def test_dynamic_export_of_a_chunked_model_runs_any_batch(tmp_path: Path, single_thread: None) -> None:
+    """MSFlow splits CPU batches above ``inference_chunk`` in eager mode; the exported graph takes the whole batch
+    (no branch on the batch size) and gives the same maps for a batch larger than the chunk."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    module = MSFlow(backbone="resnet18", weights=None, blocks=(1, 1, 1), cond_channels=8, inference_chunk=2).eval()
+    path, _ = export_onnx(module, tmp_path / "msflow.onnx", (64, 64), exporter="auto", dynamic=True)
+    images = torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    maps, _, scores, _ = session.run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        want = module.evaluate_batch({"image": images})  # chunks of 2, 2, 1
+    np.testing.assert_allclose(maps, want["map"].numpy(), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(scores, want["score"].numpy(), rtol=1e-3, atol=1e-4)

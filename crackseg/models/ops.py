@@ -35,8 +35,11 @@ def forward_in_chunks(forward: Callable[[Tensor], Any], x: Tensor, chunk: int | 
     Outputs may be tensors, or lists, tuples and dicts of them (other values are taken from the first chunk).
     Written here because the CPU inference of a large batch costs more per image than that of small chunks
     (activations that overflow the caches) and no library splits a module call and merges nested outputs.
+    While tracing or exporting the batch goes through whole (a graph must not depend on the batch size).
     """
-    if chunk is None or len(x) <= chunk:
+    if chunk is None or torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return forward(x)  # before len(x): a comparison with a symbolic batch size would pin it
+    if len(x) <= chunk:
         return forward(x)
     return _concatenate([forward(part) for part in x.split(chunk)])
 
