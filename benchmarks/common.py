@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -117,3 +118,23 @@ def write_section(name: str, text: str, results: Path | None = None) -> None:
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     new = pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block + "\n"
     results.write_text(new)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--run NAME=RUN_DIR`` (repeatable) and ``--checkpoint``: rows of ``benchmarks.run`` to read back."""
+    parser.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR",
+                        help="a row folder of benchmarks.run (its checkpoints/ subfolder is read)")
+    parser.add_argument("--checkpoint", default="last.ckpt", help="checkpoint file name in RUN_DIR/checkpoints")
+
+
+def run_checkpoints(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> dict[str, Path]:
+    """``{NAME: RUN_DIR/checkpoints/<--checkpoint>}`` of the ``--run`` options; a parser error names a bad one."""
+    checkpoints = {}
+    for spec in opts.run:
+        name, _, run_dir = spec.partition("=")
+        if not run_dir:
+            parser.error(f"--run {spec!r}: give NAME=RUN_DIR")
+        checkpoints[name] = Path(run_dir) / "checkpoints" / opts.checkpoint
+        if not checkpoints[name].is_file():
+            parser.error(f"--run {name}: no checkpoint {checkpoints[name]}")
+    return checkpoints

@@ -28,7 +28,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from benchmarks.common import SHARED_DATA, commit, machine, write_section
+from benchmarks.common import SHARED_DATA, add_run_arguments, commit, machine, run_checkpoints, write_section
 from benchmarks.run import CFD_SPLIT
 from crackseg.datamodules import CrackForestDataModule
 from crackseg.lightning_modules import SCNet
@@ -114,9 +114,7 @@ def table(rows: dict[str, tuple[dict[str, list[float]], float | None, int]]) -> 
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR",
-                        help="a row folder of benchmarks.run (its checkpoints/ subfolder is read)")
-    parser.add_argument("--checkpoint", default="last.ckpt", help="checkpoint file name in RUN_DIR/checkpoints")
+    add_run_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="the run's seed_everything")
     parser.add_argument("--gradients", action="store_true", help="add the gradient norms at initialisation")
     parser.add_argument("--batches", type=int, default=4, help="training batches of the gradient norms")
@@ -124,12 +122,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--section", default="scnet_drift", help="section of RESULTS.md --write replaces")
     parser.add_argument("--write", action="store_true")
     opts = parser.parse_args(argv)
-    checkpoints = {}
-    for spec in opts.run:
-        name, _, run_dir = spec.partition("=")
-        checkpoints[name] = Path(run_dir) / "checkpoints" / opts.checkpoint
-        if not run_dir or not checkpoints[name].is_file():
-            parser.error(f"--run {spec!r}: give NAME=RUN_DIR with {opts.checkpoint} in RUN_DIR/checkpoints")
+    checkpoints = run_checkpoints(parser, opts)
     rows = {name: drift(checkpoint, opts.seed) for name, checkpoint in checkpoints.items()}
     text = ("## How far training moved each part of SCNet from its initialisation\n\n"
             f"Command: `python -m benchmarks.scnet_drift {shlex.join(argv if argv is not None else sys.argv[1:])}`; "

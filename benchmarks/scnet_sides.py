@@ -19,7 +19,15 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import SHARED_DATA, commit, machine, usable_cores, write_section
+from benchmarks.common import (
+    SHARED_DATA,
+    add_run_arguments,
+    commit,
+    machine,
+    run_checkpoints,
+    usable_cores,
+    write_section,
+)
 from benchmarks.run import CFD_SPLIT
 from crackseg.datamodules import CrackForestDataModule, DeepCrackDataModule
 from crackseg.lightning_modules import SCNet
@@ -73,27 +81,20 @@ def table(results: dict[str, tuple[dict[str, tuple[float, float]], list[float]]]
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR",
-                        help="a row folder of benchmarks.run (its checkpoints/ subfolder is read)")
-    parser.add_argument("--checkpoint", default="last.ckpt", help="checkpoint file name in RUN_DIR/checkpoints")
+    add_run_arguments(parser)
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="CrackForest")
     parser.add_argument("--root", type=Path, default=None, help="dataset folder (default: ../shared/data/<name>)")
     parser.add_argument("--section", default="scnet_sides", help="section of RESULTS.md --write replaces")
     parser.add_argument("--write", action="store_true")
     opts = parser.parse_args(argv)
+    checkpoints = run_checkpoints(parser, opts)
     torch.set_num_threads(usable_cores())
     cls, folder, split = DATASETS[opts.dataset]
     datamodule = cls(root=opts.root or SHARED_DATA / folder, batch_size=1, eval_batch_size=1, **split)
     datamodule.setup("test")
     loader = datamodule.test_dataloader()
     results = {}
-    for spec in opts.run:
-        name, _, run_dir = spec.partition("=")
-        if not run_dir:
-            parser.error(f"--run {spec!r}: give NAME=RUN_DIR")
-        checkpoint = Path(run_dir) / "checkpoints" / opts.checkpoint
-        if not checkpoint.is_file():
-            parser.error(f"--run {name}: no checkpoint {checkpoint}")
+    for name, checkpoint in checkpoints.items():
         model = SCNet.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
         results[name] = (evaluate(model, loader), model.net.final.weight.flatten().tolist())
         print(name, results[name], flush=True)
