@@ -56,9 +56,10 @@ def profile(model: FeatureReconstruction, size: int = 256, batches: tuple[int, .
     rows: dict[str, tuple[int, list[float]]] = {}
     own = model.net.inference_chunk
     for batch in batches:
-        for name, (count, step) in parts(model, torch.rand(batch, 3, size, size)).items():
+        steps = parts(model, torch.rand(batch, 3, size, size))
+        for name, (count, step) in steps.items():
             rows.setdefault(name, (count, []))[1].append(median_ms_per_image(step, batch, runs, warmup))
-        whole = parts(model, torch.rand(batch, 3, size, size))["whole: forward + map + score"]
+        whole = steps["whole: forward + map + score"]
         for chunk in chunks:
             model.net.inference_chunk = chunk
             rows.setdefault(f"whole, inference_chunk {chunk}", (whole[0], []))[1].append(

@@ -128,8 +128,6 @@ class FeatureReconstruction(CrackSegModule):
             raise ValueError(f"model.score must be 'max', 'mean' or 'topk', got {score!r}")
         if not 0 < topk_fraction <= 1:
             raise ValueError(f"model.topk_fraction must be in (0, 1], got {topk_fraction}")
-        if inference_chunk is not None and inference_chunk < 1:
-            raise ValueError(f"model.inference_chunk must be >= 1 or null, got {inference_chunk}")
         if score_border < 0:
             raise ValueError(f"model.score_border must be >= 0 pixels, got {score_border}")
         if (blocks is None) == (layers is None):

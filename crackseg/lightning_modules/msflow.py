@@ -311,16 +311,21 @@ class MSFlow(CrackSegModule):
     def pro_map(self, maps: Tensor, outputs: dict[str, Any]) -> Tensor:
         """The multiplicative map (AUPRO, image score): max − exp(Σ_scales logp_s − max)."""
         if "mul_map" not in outputs:  # computed once per batch (image score and AUPRO both use it)
-            total = sum(self._to_input(lp, outputs) for lp in self._native_logp(outputs))
+            total = self._total_logp(outputs)
             # max − exp(total − max) of the reference is 1 − exp(total − max): exp(0) = 1 at the maximum
             outputs["mul_map"] = 1.0 - torch.exp(total - self._reference(total))
         return outputs["mul_map"]
 
+    def _total_logp(self, outputs: dict[str, Any]) -> Tensor:
+        """Σ_scales upsample(logp) at the input size, kept in ``outputs`` (the mul map and ``mean_nll`` read it)."""
+        if "total_logp" not in outputs:
+            outputs["total_logp"] = sum(self._to_input(lp, outputs) for lp in self._native_logp(outputs))
+        return outputs["total_logp"]
+
     def image_score(self, maps: Tensor, outputs: dict[str, Any]) -> Tensor:
         """Mean of the top ``top_k`` fraction of the multiplicative map, or (``mean_nll``) the mean −Σ logp."""
         if self.hparams.image_score == "mean_nll":
-            total = sum(self._to_input(lp, outputs) for lp in self._native_logp(outputs))
-            return -total.flatten(1).mean(1)
+            return -self._total_logp(outputs).flatten(1).mean(1)
         flat = self.pro_map(maps, outputs).flatten(1)
         k = max(1, math.ceil(self.hparams.top_k * flat.shape[1]))
         return flat.topk(k, dim=1).values.mean(1)

@@ -288,7 +288,7 @@ class FeatureAENet(nn.Module):
                  inference_chunk: int | None = 4) -> None:
         super().__init__()
         if inference_chunk is not None and inference_chunk < 1:
-            raise ValueError(f"inference_chunk must be >= 1 or None, got {inference_chunk}")
+            raise ValueError(f"model.inference_chunk must be >= 1 or null, got {inference_chunk}")
         self.extractor = extractor
         self.autoencoder = autoencoder
         self.inference_chunk = inference_chunk
