@@ -19,7 +19,8 @@ with its table number and dataset).
 Suites: ``smoke`` (synthetic 64² images, one epoch of two batches; for the tests), ``cpu-small`` (synthetic +
 the real samples in ``../shared/data``, sized for about an hour on 2 CPU cores; reduced widths, listed in the
 table's overrides), ``cpu-converge`` (SCNet and its :data:`SCNET_VARIANTS`: the HCNN baseline, SCNet with
-Adam, SCNet with cross-entropy only, attention alone, HCNN with Adam; DeepCrack-Liu and U-Net, on CrackForest and
+Adam, SCNet with cross-entropy only, attention alone, HCNN with Adam, HED's fusion initialisation, lr divided on a
+validation plateau; DeepCrack-Liu and U-Net, on CrackForest and
 DeepCrack, each until ``val/loss`` stops falling or 90 minutes, at half width; writes a learning-curve PNG),
 ``cpu-anomaly`` (MSFlow, SkipAE, DFR and VAEGradCAM on the real magnetic tile sample, each until ``val/loss`` stops
 improving or 60 minutes, beside the anomalib peers), ``gpu-full`` (the configs' paper budgets and widths, 256²
@@ -72,7 +73,7 @@ SUITES = ("smoke", "cpu-small", "cpu-converge", "cpu-anomaly", "gpu-full")
 #: Adam (SCNet+Adam's like-for-like baseline); HED's mean initialisation of the side fusion, with SGD and with Adam
 SCNET_VARIANTS = {"HCNN": ("hcnn_baseline",), "SCNet+Adam": ("adam",), "SCNet+BCE": ("loss_bce",),
                   "SCNet+Attn": ("attention",), "HCNN+Adam": ("hcnn_baseline", "adam"), "SCNet+Fuse": ("fuse_mean",),
-                  "SCNet+Adam+Fuse": ("adam", "fuse_mean")}
+                  "SCNet+Adam+Fuse": ("adam", "fuse_mean"), "SCNet+Adam+Fuse+Plateau": ("adam", "fuse_mean", "plateau")}
 METHODS = ("UNet", "DeepCrackLiu", "SCNet", *SCNET_VARIANTS, "SkipAE", "DFR", "VAEGradCAM", "MSFlow", "Weakly")
 PEERS = ("FastFlow", "PaDiM", "PatchCore")
 #: (warm-up, timed) runs of the inference timing per suite.

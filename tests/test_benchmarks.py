@@ -101,7 +101,7 @@ def test_cpu_converge_suite_rows(tmp_path: Path) -> None:
     assert [(j.method, j.dataset) for j in jobs] == [
         (m, d) for d in ("CrackForest", "DeepCrack")
         for m in ("SCNet", "HCNN", "SCNet+Adam", "SCNet+BCE", "SCNet+Attn", "HCNN+Adam", "SCNet+Fuse",
-                  "SCNet+Adam+Fuse", "DeepCrackLiu", "UNet")]
+                  "SCNet+Adam+Fuse", "SCNet+Adam+Fuse+Plateau", "DeepCrackLiu", "UNet")]
     assert {j.minutes for j in jobs} == {90.0} and {j.patience for j in jobs} == {bench.CONVERGE_PATIENCE}
     hcnn = [j for j in jobs if j.method == "HCNN"]
     assert all(j.fragments == ("configs/scnet/ablations/hcnn_baseline.yaml",) for j in hcnn)

@@ -38,6 +38,8 @@ NORMALIZATIONS = {
     "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
 STAGES = ("val", "test")
+#: the learning-rate schedules of :meth:`CrackSegModule.configure_optimizers`
+LrSchedule = Literal["constant", "multistep", "epoch_step", "step", "cosine", "poly", "plateau"]
 
 
 class CrackSegModule(LightningModule):
@@ -56,10 +58,14 @@ class CrackSegModule(LightningModule):
         lr_schedule: ``"constant"``; ``"multistep"`` (× ``lr_gamma`` at the fractions ``lr_milestones``
             of training); ``"epoch_step"`` (× ``lr_gamma`` after every epoch); ``"step"`` (× ``lr_gamma``
             after every ``lr_step_epochs`` epochs, e.g. König et al.'s lr 1e-3 divided by 10 every 10
-            epochs); ``"cosine"``; ``"poly"`` (power 0.9).
+            epochs); ``"cosine"``; ``"poly"`` (power 0.9); ``"plateau"`` (× ``lr_gamma`` once the method's
+            checkpoint metric, :attr:`checkpoint_monitor`, has not improved for ``lr_plateau_patience``
+            validations: ``ReduceLROnPlateau``, which also fits runs cut short by ``trainer.max_time``, where
+            the epoch-count schedules never reach their decays).
         lr_milestones: fractions of the total training steps where ``"multistep"`` decays.
         lr_gamma: decay factor.
         lr_step_epochs: epochs between two decays of ``"step"`` (>= 1).
+        lr_plateau_patience: validations without a better checkpoint metric before ``"plateau"`` decays (>= 1).
         lr_warmup_fraction: fraction of the training steps over which the learning rate rises linearly from
             1 % of ``lr`` before the schedule takes over (schedules stepped per step: ``"constant"``,
             ``"multistep"``, ``"cosine"``, ``"poly"``; 0 = no warm-up).
@@ -142,10 +148,11 @@ class CrackSegModule(LightningModule):
         lr: float = 1e-4,
         momentum: float = 0.9,
         weight_decay: float = 2e-4,
-        lr_schedule: Literal["constant", "multistep", "epoch_step", "step", "cosine", "poly"] = "constant",
+        lr_schedule: LrSchedule = "constant",
         lr_milestones: tuple[float, ...] = (0.7, 0.9),
         lr_gamma: float = 0.1,
         lr_step_epochs: int = 10,
+        lr_plateau_patience: int = 3,
         lr_warmup_fraction: float = 0.0,
         aupro: bool = False,
         predict_tile_size: int | None = None,
@@ -162,9 +169,12 @@ class CrackSegModule(LightningModule):
             raise ValueError(f"model.normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
         if isinstance(lr_step_epochs, bool) or not isinstance(lr_step_epochs, int) or lr_step_epochs < 1:
             raise ValueError(f"model.init_args.lr_step_epochs must be an integer >= 1, got {lr_step_epochs!r}")
+        if isinstance(lr_plateau_patience, bool) or not isinstance(lr_plateau_patience, int) or lr_plateau_patience < 1:
+            raise ValueError(f"model.init_args.lr_plateau_patience must be an integer >= 1, "
+                             f"got {lr_plateau_patience!r}")
         if not 0.0 <= lr_warmup_fraction < 1.0:
             raise ValueError(f"model.init_args.lr_warmup_fraction must be in [0, 1), got {lr_warmup_fraction}")
-        if lr_warmup_fraction > 0 and lr_schedule in ("step", "epoch_step"):
+        if lr_warmup_fraction > 0 and lr_schedule in ("step", "epoch_step", "plateau"):
             raise ValueError(f"model.init_args.lr_warmup_fraction needs a schedule stepped per step (constant, "
                              f"multistep, cosine, poly), not lr_schedule {lr_schedule!r}")
         if any(not 0 < m < 1 for m in lr_milestones):
@@ -506,6 +516,8 @@ class CrackSegModule(LightningModule):
             step_size = 1 if hp.lr_schedule == "epoch_step" else int(hp.get("lr_step_epochs", 10))
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=hp.lr_gamma)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        if hp.lr_schedule == "plateau":
+            return {"optimizer": optimizer, "lr_scheduler": self._plateau_scheduler(optimizer)}
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(total - 1, int(round(warmup_fraction * total)))
         rest = total - warmup
@@ -524,6 +536,14 @@ class CrackSegModule(LightningModule):
             ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
             scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, scheduler], milestones=[warmup])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _plateau_scheduler(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """``ReduceLROnPlateau`` on :attr:`checkpoint_monitor`, stepped after each validation (not strict: a
+        training epoch without validation, ``check_val_every_n_epoch`` > 1, leaves it alone)."""
+        metric, mode = self.checkpoint_monitor
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=self.hparams.lr_gamma, patience=self.hparams.lr_plateau_patience - 1)
+        return {"scheduler": scheduler, "interval": "epoch", "monitor": metric, "strict": False}
 
 
 def _crop(value: Any, padded: torch.Size, height: int, width: int) -> Any:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from crackseg.lightning_modules.base import CrackSegModule
+from crackseg.lightning_modules.base import CrackSegModule, LrSchedule
 from crackseg.models.backbones import warn_offline_normalization
 from crackseg.models.classifier import CrackClassifierNet
 from crackseg.models.gradcam import gradcam_plus_plus
@@ -98,7 +98,7 @@ class CrackClassifier(CrackSegModule):
         lr: float = 1e-3,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
-        lr_schedule: Literal["constant", "multistep", "epoch_step", "step", "cosine", "poly"] = "epoch_step",
+        lr_schedule: LrSchedule = "epoch_step",
         lr_gamma: float = 0.1,
         **kwargs: Any,
     ) -> None:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from crackseg.callbacks import F1Threshold
 from crackseg.checkpoint import import_class
-from crackseg.lightning_modules.base import CrackSegModule
+from crackseg.lightning_modules.base import CrackSegModule, LrSchedule
 from crackseg.losses import combined_loss, parse_loss
 from crackseg.models import DeepCrackLiuModel, DeepCrackZouModel, EncoderDecoderModel, OEDModel, UNetModel
 from crackseg.models.backbones import warn_offline_normalization
@@ -145,7 +145,7 @@ class DeepCrackLiu(SupervisedSegmentation):
     def __init__(self, width_multiplier: float = 1.0, loss: str = "focal",
                  side_weights: Sequence[float] | None = (0.5, 0.75, 1.0, 0.75, 0.5), init_gain: float = 0.02,
                  side_bias: bool = False,
-                 lr_schedule: Literal["constant", "multistep", "epoch_step", "step", "cosine", "poly"] = "step",
+                 lr_schedule: LrSchedule = "step",
                  lr_step_epochs: int = 40, **kwargs: Any) -> None:
         super().__init__(loss=loss, side_weights=side_weights, lr_schedule=lr_schedule, lr_step_epochs=lr_step_epochs,
                          **kwargs)
@@ -276,7 +276,7 @@ class EncoderDecoder(SupervisedSegmentation):
                  encoder_lr_multiplier: float = 1.0, loss: str = "bce+soft_iou",
                  normalization: Literal["symmetric", "imagenet", "unit"] = "symmetric",
                  optimizer: Literal["sgd", "adam", "adamw"] = "adamw", lr: float = 1e-3, weight_decay: float = 1e-4,
-                 lr_schedule: Literal["constant", "multistep", "epoch_step", "step", "cosine", "poly"] = "cosine",
+                 lr_schedule: LrSchedule = "cosine",
                  lr_warmup_fraction: float = 0.05, **kwargs: Any) -> None:
         if freeze_encoder_epochs < 0:
             raise ValueError(f"model.init_args.freeze_encoder_epochs must be >= 0, got {freeze_encoder_epochs}")
