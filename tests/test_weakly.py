@@ -360,21 +360,29 @@ def test_step_lr_schedule_decays_every_n_epochs(tmp_path: Path) -> None:
         UNet(base_channels=2, depth=1, lr_schedule="step", lr_step_epochs=0)
 
 
+class _StalledMetric(Callback):
+    """Logs a validation metric that never improves."""
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        pl_module.log("val/stalled", 0.5)
+
+
 def test_plateau_lr_schedule_decays_when_the_checkpoint_metric_stalls(tmp_path: Path) -> None:
     """``lr_schedule: plateau`` multiplies the lr by ``lr_gamma`` after ``lr_plateau_patience`` validations
-    without a better checkpoint metric (an lr too small to move the weights: the metric never improves)."""
-    lr = 1e-6
+    without a better checkpoint metric (here one that never changes)."""
+    lr = 1e-3
     model = UNet(base_channels=2, depth=1, lr=lr, lr_schedule="plateau", lr_plateau_patience=2, lr_gamma=0.1)
+    model.checkpoint_monitor = ("val/stalled", "max")  # the method's declaration, replaced for this run
     root = make_deepcrack(tmp_path / "dc", n_train=3, n_test=1, size=(32, 32))
     data = DeepCrackDataModule(root, batch_size=2, crop_size=32)
     record = _RecordLR()
     trainer = Trainer(max_epochs=6, limit_train_batches=1, limit_val_batches=1, accelerator="cpu", logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      num_sanity_val_steps=0, callbacks=[record], default_root_dir=tmp_path)
+                      num_sanity_val_steps=0, callbacks=[_StalledMetric(), record], default_root_dir=tmp_path)
     trainer.fit(model, datamodule=data)
     # validation 1 sets the best; 2 and 3 do not beat it -> decay; 4 and 5 -> decay again
     assert record.lrs == pytest.approx([lr, lr, lr, lr / 10, lr / 10, lr / 100], rel=1e-6)
-    assert trainer.lr_scheduler_configs[0].monitor == UNet.checkpoint_monitor[0]
+    assert trainer.lr_scheduler_configs[0].monitor == "val/stalled"
     with pytest.raises(ValueError, match="model.init_args.lr_plateau_patience"):
         UNet(base_channels=2, depth=1, lr_schedule="plateau", lr_plateau_patience=0)
     with pytest.raises(ValueError, match="lr_warmup_fraction"):
