@@ -4,6 +4,7 @@ in the offline run folder, ready for ``wandb sync``; no account, no network."""
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,27 @@ from PIL import Image
 from crackseg.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
+BLOCK, CHUNK_HEADER = 32768, 7  # the run log's LevelDB log layout: 32 KiB blocks, chunks with 7-byte headers
+
+
+def run_log_payload(path: Path) -> bytes:
+    """The records of a ``run-*.wandb`` log joined without their chunk headers.
+
+    A record longer than what is left of its 32 KiB block is split into chunks, each behind a 7-byte header
+    (CRC, length, type), so a raw read can find a config string cut in two. Hand-written: wandb 0.31 no longer
+    ships a Python reader of this file (it moved into the Go ``wandb-core``)."""
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run log"
+    payload, pos = [], CHUNK_HEADER  # the file header takes the first chunk header's room
+    while pos + CHUNK_HEADER <= len(data):
+        room = BLOCK - pos % BLOCK
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + CHUNK_HEADER])
+        if room < CHUNK_HEADER or (kind == 0 and length == 0):  # zero padding up to the next block
+            pos += room
+            continue
+        payload.append(data[pos + CHUNK_HEADER:pos + CHUNK_HEADER + length])
+        pos += CHUNK_HEADER + length
+    return b"".join(payload)
 
 
 def test_offline_run_holds_config_panels_and_checkpoint(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,7 +65,7 @@ def test_offline_run_holds_config_panels_and_checkpoint(workdir: Path, monkeypat
 
     # the resolved config: in the run log (the offline run keeps its config there until `wandb sync`) and the
     # crackseg YAML among the run files
-    log = b"".join(path.read_bytes() for path in run.glob("run-*.wandb")).decode("utf-8", "replace")
+    log = b"".join(run_log_payload(path) for path in run.glob("run-*.wandb")).decode("utf-8", "replace")
     start = log.find('{"class_path":"crackseg.lightning_modules.SCNet"')
     assert start >= 0, "the model's config is not in the W&B run"
     model, _ = json.JSONDecoder().raw_decode(log[start:])
@@ -61,3 +83,20 @@ def test_offline_run_holds_config_panels_and_checkpoint(workdir: Path, monkeypat
 
     # the checkpoint as an artifact (log_model: true), queued in the run log for `wandb sync`
     assert f"model-{run.name.rsplit('-', 1)[-1]}" in log
+
+
+def test_run_log_payload_joins_records_split_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wandb = pytest.importorskip("wandb")
+    wandb.finish()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    # dir and mode given here: wandb's settings singleton keeps the WANDB_DIR an earlier in-process test set
+    run = wandb.init(project="crackseg-test", dir=tmp_path, mode="offline")
+    values = {f"key{i:04d}": f"value{i:04d}-" + "x" * 40 for i in range(2000)}  # ~100 KiB: several blocks
+    run.config.update(values)
+    run.finish()
+    (path,) = tmp_path.rglob("run-*.wandb")
+    assert path.stat().st_size > 3 * BLOCK
+    raw, payload = path.read_bytes(), run_log_payload(path)
+    assert all(value.encode() in payload for value in values.values())
+    assert not all(value.encode() in raw for value in values.values())  # a raw read loses the values cut by a header
