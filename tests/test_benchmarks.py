@@ -173,6 +173,26 @@ def test_datasets_filter_refuses_an_empty_selection(workdir: Path) -> None:
         bench.main(["--suite", "smoke", "--datasets", "CrackForest", "--no-peers", "--workdir", str(workdir)])
 
 
+def test_epochs_per_run_sets_the_max_epochs_of_every_row(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--epochs-per-run`` replaces each row's epoch count (the trainer's ``max_epochs``); below 1 it is refused."""
+    seen = []
+
+    class Ran(Exception):
+        pass
+
+    def run_job(self: object, job: bench.Job) -> None:
+        seen.append(job)
+        raise Ran
+
+    monkeypatch.setattr(bench.Runner, "run_job", run_job)
+    with pytest.raises(Ran):
+        bench.main(["--suite", "smoke", "--methods", "SCNet", "--epochs-per-run", "7", "--no-peers",
+                    "--workdir", str(workdir)])
+    assert [(job.method, job.epochs) for job in seen] == [("SCNet", 7)]
+    with pytest.raises(SystemExit):
+        bench.main(["--suite", "smoke", "--epochs-per-run", "0", "--workdir", str(workdir)])
+
+
 def test_weakly_benchmark_describes_the_resolved_classifier(tmp_path: Path) -> None:
     """The classifier sentence comes from the config the fit saved (class defaults resolved), not from the short
     config file, which leaves lr and schedule out (the section once read 'SGD lr None schedule None')."""
