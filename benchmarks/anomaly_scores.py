@@ -12,8 +12,10 @@ table: its ``score`` switches (``l2``: the mean squared reconstruction error of 
 beside diagnostics of what the error measures: the image's mean brightness alone, the squared error after
 removing each image's mean residual (a brightness offset), and the top-1 % mean of the residual map. An MSFlow
 run is re-scored with ``map_normalization`` ``image`` (the reference code: each map relative to its image's most
-likely pixel) and ``none`` (absolute likelihoods, comparable across images), and with ``image_score: mean_nll``:
-image AUROC and pixel AUROC (every 16th pixel) of each; and, as a diagnostic, the image AUROC of each scale's
+likely pixel) and ``none`` (absolute likelihoods, comparable across images), and with ``image_score`` ``mean_nll``
+and ``scale_zmax`` (its per-scale statistics from the checkpoint, or, for a run fitted with another score, computed
+by ``calibrate_scale_statistics`` over the run's training images): image AUROC and pixel AUROC (every 16th pixel)
+of each; and, as a diagnostic, the image AUROC of each scale's
 negative log-likelihood alone (its mean and top-1 % mean over the image). Prints
 the tables (``--write``: also the section ``anomaly_scores`` of RESULTS.md).
 """
@@ -44,12 +46,19 @@ def saved_config(folder: Path) -> dict:
 
 
 def test_maps(folder: Path) -> tuple[object, list[torch.Tensor], list[dict], torch.Tensor, list[torch.Tensor]]:
-    """The checkpoint's module, its test maps and outputs per batch, the test labels and masks."""
+    """The checkpoint's module, its test maps and outputs per batch, the test labels and masks.
+
+    An MSFlow checkpoint without per-scale statistics (fitted with another ``image_score``) gets them from the
+    run's training images first (``calibrate_scale_statistics``), so ``scale_zmax`` can be scored.
+    """
     config = saved_config(folder)
     model_cls = getattr(lightning_modules, config["model"]["class_path"].rpartition(".")[2])
     model = model_cls.load_from_checkpoint(folder / "checkpoints" / "best.ckpt", map_location="cpu").eval()
     data_cls = getattr(datamodules, config["data"]["class_path"].rpartition(".")[2])
     datamodule = data_cls(**config["data"].get("init_args", {}))
+    if isinstance(model, lightning_modules.MSFlow) and not model.has_scale_statistics():
+        datamodule.setup("fit")
+        model.calibrate_scale_statistics(datamodule.train_dataloader())
     datamodule.setup("test")
     maps, outputs, labels, masks = [], [], [], []
     with torch.no_grad():
@@ -90,7 +99,8 @@ def msflow_scores(model: object, outputs: list[dict], labels: torch.Tensor,
                   masks: list[torch.Tensor]) -> dict[str, tuple[float, float]]:
     """(image AUROC %, pixel AUROC %) of an MSFlow run under each ``map_normalization`` and ``image_score``."""
     result = {}
-    for normalization, image_score in (("image", "topk"), ("none", "topk"), ("image", "mean_nll")):
+    for normalization, image_score in (("image", "topk"), ("none", "topk"), ("image", "mean_nll"),
+                                       ("image", "scale_zmax")):
         model.hparams.map_normalization, model.hparams.image_score = normalization, image_score
         scores, pixels, targets = [], [], []
         for out, mask in zip(outputs, masks, strict=True):

@@ -170,6 +170,38 @@ def test_mean_nll_image_score_is_the_images_mean_negative_log_likelihood(normali
         MSFlow(backbone="resnet18", weights=None, image_score="max")
 
 
+def test_scale_zmax_standardises_each_scale_by_the_training_images_statistics() -> None:
+    module = MSFlow(backbone="resnet18", weights=None, blocks=(1, 1, 1), cond_channels=8, image_score="scale_zmax")
+    torch.manual_seed(0)
+
+    def outputs(n: int, spread: float) -> dict:
+        return {"z": [torch.randn(n, 2, 4, 4), spread * torch.randn(n, 2, 2, 2), torch.randn(n, 2, 1, 1)],
+                "image_size": (32, 32)}
+
+    batches = [outputs(3, 2.0), outputs(4, 2.0)]
+    with pytest.raises(ValueError, match="scale_zmax.*calibrate_scale_statistics"):
+        module.image_score(None, batches[0])  # no statistics yet: a clear error, not NaN scores
+    for batch in batches:
+        module.add_scale_statistics(batch)
+    assert module.apply_scale_statistics() and module._scale_sums is None
+    values = torch.cat([module.scale_mean_nll(b) for b in batches])  # (7 images, 3 scales)
+    assert values.shape == (7, 3)
+    assert torch.allclose(values[:, 0], torch.cat([0.5 * (b["z"][0] ** 2).flatten(1).mean(1) for b in batches]))
+    mean, std = module.scale_nll_stats.clone()
+    assert torch.allclose(mean, values.mean(0), atol=1e-6) and torch.allclose(std, values.std(0), atol=1e-6)
+    test = outputs(5, 2.0)
+    expected = ((module.scale_mean_nll(test) - mean) / std).amax(1)
+    assert torch.allclose(module.image_score(None, test), expected, atol=1e-6)
+    assert not module.apply_scale_statistics()  # no new training batches: the statistics stay
+    assert torch.equal(module.scale_nll_stats[0], mean)
+    module.calibrate_scale_statistics([{"image": torch.rand(2, 3, 64, 64)}, {"image": torch.rand(1, 3, 64, 64)}])
+    assert torch.isfinite(module.scale_nll_stats).all() and not torch.equal(module.scale_nll_stats[0], mean)
+    with pytest.raises(ValueError, match="fewer than 2"):
+        module.calibrate_scale_statistics([{"image": torch.rand(1, 3, 64, 64)}])
+    with pytest.raises(ValueError, match="scale_zmax"):
+        MSFlow(backbone="resnet18", weights=None, image_score="zmax")
+
+
 def test_loss_decreases_and_gradients_are_clipped() -> None:
     torch.manual_seed(0)
     module = MSFlow(backbone="resnet18", weights=None, blocks=(1, 1, 1), cond_channels=8, lr=1e-3,
@@ -353,10 +385,37 @@ def test_anomaly_scores_benchmark_rescores_an_msflow_run(workdir: Path) -> None:
     cli = main(["test", *common, "--ckpt_path", str(run / "checkpoints/best.ckpt")])
     text = anomaly_scores.main(["--run", f"MSFlow={run}"])
     lines = text.splitlines()
-    heads = lines.index("| image, topk | none, topk | image, mean_nll |")
+    heads = lines.index("| image, topk | none, topk | image, mean_nll | image, scale_zmax |")
     cells = [cell.strip() for cell in lines[heads + 2].strip("|").split("|")]
-    assert len(cells) == 3
+    assert len(cells) == 4 and all(0 <= float(c.split(" / ")[0]) <= 100 for c in cells)
     assert float(cells[0].split(" / ")[0]) == pytest.approx(
         100 * float(cli.trainer.callback_metrics["test/image_auroc"]), abs=0.05)
     scales = next(line for line in lines if line.startswith("| scale 1 mean |"))
     assert scales.count("|") == 7  # mean and top 1 % of three scales
+
+
+def test_scale_zmax_statistics_are_gathered_in_fit_and_kept_in_the_checkpoint(workdir: Path) -> None:
+    """Fit with image_score scale_zmax: the training batches give the per-scale statistics before validation,
+    the checkpoint keeps them, and test from it scores with them; a checkpoint without them refuses clearly."""
+    from fakes import make_magnetic_tile
+
+    root = make_magnetic_tile(workdir / "mt", n_free=8)
+    common = ["--config", str(CONFIGS / "magnetic_tile.yaml"), "--data.init_args.root", str(root),
+              "--data.init_args.image_size", "[64, 64]", "--data.init_args.batch_size", "2",
+              "--model.init_args.weights", "null", "--model.init_args.backbone", "resnet18",
+              "--model.init_args.normalization", "imagenet", *TINY_FLOW, *TINY_TRAINER]
+    fitted = main(["fit", *common, "--model.init_args.image_score", "scale_zmax"]).model
+    stats = fitted.scale_nll_stats.detach().cpu()
+    assert stats.shape == (2, 3) and torch.isfinite(stats).all() and bool((stats[1] > 0).all())
+    best = workdir / "runs/msflow_magnetic_tile/checkpoints/best.ckpt"
+    assert torch.equal(torch.load(best, map_location="cpu", weights_only=False)["state_dict"]["scale_nll_stats"], stats)
+    cli = main(["test", *common, "--model.init_args.image_score", "scale_zmax", "--ckpt_path", str(best)])
+    assert torch.equal(cli.model.scale_nll_stats.cpu(), stats)
+    assert 0.0 <= float(cli.trainer.callback_metrics["test/image_auroc"]) <= 1.0
+    checkpoint = torch.load(best, map_location="cpu", weights_only=False)  # as saved before the statistics existed
+    del checkpoint["state_dict"]["scale_nll_stats"]
+    old = workdir / "old.ckpt"
+    torch.save(checkpoint, old)
+    assert not MSFlow.load_from_checkpoint(old, map_location="cpu").has_scale_statistics()
+    with pytest.raises(ValueError, match="scale_zmax"):
+        main(["test", *common, "--model.init_args.image_score", "scale_zmax", "--ckpt_path", str(old)])

@@ -42,6 +42,9 @@ from crackseg.models.msflow import MSFlowModel, PretrainUNet
 
 __all__ = ["MSFlow", "ExtractorPretraining", "check_extractor_checkpoint"]
 
+#: MSFlow's image scores (the reference code's first)
+IMAGE_SCORES = ("topk", "mean_nll", "scale_zmax")
+
 
 def check_extractor_checkpoint(path: str | Path, backbone: str, stages: Sequence[int], normalization: str,
                                padding_mode: str = "zeros") -> None:
@@ -152,6 +155,14 @@ class MSFlow(CrackSegModule):
     issue's 3 %; the reference code's default is 10 %); ``image_score: mean_nll`` is instead the image's mean
     negative log-likelihood −mean(Σ_scales upsample(logp)), the image-level score of flow detectors such as
     DifferNet: absolute, so comparable across images whatever ``map_normalization`` does to the maps.
+    ``image_score: scale_zmax`` (not in the paper) standardises the image's mean negative log-likelihood at each
+    scale by that scale's mean and standard deviation over the defect-free training images, and takes the
+    largest over the scales: a scale whose likelihood varies little between normal images is not drowned by
+    the noisier ones when the scales are summed. The statistics are gathered from the training batches of each
+    epoch (no extra forward pass; over every rank), set before the validation that follows (so the image
+    threshold, the validation scores and the checkpoint agree) and saved in the checkpoint
+    (``scale_nll_stats``); :meth:`calibrate_scale_statistics` computes them over a loader for a checkpoint
+    trained with another score.
     Maps are scores (``maps_are_probabilities = False``): exact AUROC / AUPRO at test, thresholds from
     ``MeanStdThreshold`` or ``F1Threshold``.
 
@@ -173,8 +184,9 @@ class MSFlow(CrackSegModule):
             convolutions by reflection). The same pretrained weights either way.
         map_normalization: ``"image"`` (per-image maximum, reference) or ``"none"``.
         top_k: fraction of pixels averaged into the image score (0.03).
-        image_score: ``"topk"`` (the reference: top-``top_k`` mean of the ``"mul"`` map) or ``"mean_nll"``
-            (the image's mean negative log-likelihood over all pixels and scales).
+        image_score: ``"topk"`` (the reference: top-``top_k`` mean of the ``"mul"`` map), ``"mean_nll"``
+            (the image's mean negative log-likelihood over all pixels and scales) or ``"scale_zmax"`` (the
+            largest over the scales of the per-scale mean NLL standardised by its training-image statistics).
         inference_chunk: on a CPU, evaluation batches larger than this run in chunks of this many images (the
             same outputs, less time per image; ``benchmarks/RESULTS.md``, ``anomaly_timing``); null: one pass.
             Training and GPUs always take the whole batch.
@@ -216,7 +228,7 @@ class MSFlow(CrackSegModule):
         padding_mode: Literal["zeros", "reflect"] = "zeros",
         map_normalization: Literal["image", "none"] = "image",
         top_k: float = 0.03,
-        image_score: Literal["topk", "mean_nll"] = "topk",
+        image_score: Literal["topk", "mean_nll", "scale_zmax"] = "topk",
         inference_chunk: int | None = 4,
         grad_clip_norm: float = 2.0,
         normalization: Literal["symmetric", "imagenet", "unit"] = "imagenet",
@@ -230,8 +242,8 @@ class MSFlow(CrackSegModule):
     ) -> None:
         if not 0 < top_k <= 1:
             raise ValueError(f"model.top_k must be in (0, 1], got {top_k}")
-        if image_score not in ("topk", "mean_nll"):
-            raise ValueError(f"model.image_score must be 'topk' or 'mean_nll', got {image_score!r}")
+        if image_score not in IMAGE_SCORES:
+            raise ValueError(f"model.image_score must be one of {IMAGE_SCORES}, got {image_score!r}")
         if map_normalization not in ("image", "none"):
             raise ValueError(f"model.map_normalization must be 'image' or 'none', got {map_normalization!r}")
         if cond_channels < 4 or cond_channels % 4:
@@ -244,6 +256,10 @@ class MSFlow(CrackSegModule):
                          lr_schedule=lr_schedule, lr_milestones=lr_milestones, lr_gamma=lr_gamma, **kwargs)
         if extractor_checkpoint is None:
             warn_offline_normalization(self.net.weights_source, normalization)
+        # (mean, std) per scale of the training images' per-scale mean NLL (``scale_zmax``); std 0 until gathered
+        # (not NaN: no checkpoint with a non-finite tensor is written)
+        self.register_buffer("scale_nll_stats", torch.zeros(2, len(stages)))
+        self._scale_sums: Tensor | None = None  # (count, Σ, Σ²) per scale over this epoch's training images
 
     # -- networks -------------------------------------------------------------------------------
     def configure_models(self) -> None:
@@ -263,6 +279,68 @@ class MSFlow(CrackSegModule):
         outputs = super().forward(images)
         outputs["image_size"] = tuple(images.shape[-2:])
         return outputs
+
+    # -- per-scale statistics of the training images (image_score: scale_zmax) --------------------
+    def training_outputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The network outputs; with ``scale_zmax`` their per-scale mean NLL is added to the epoch's sums."""
+        outputs = super().training_outputs(batch)
+        if self.hparams.image_score == "scale_zmax":
+            self.add_scale_statistics(outputs)
+        return outputs
+
+    def scale_mean_nll(self, outputs: dict[str, Any]) -> Tensor:
+        """(B, scales) each image's mean negative log-likelihood at each scale's own resolution."""
+        return torch.stack([-lp.flatten(1).mean(1) for lp in self._native_logp(outputs)], dim=1)
+
+    def add_scale_statistics(self, outputs: dict[str, Any]) -> None:
+        """Add a batch's per-scale mean NLL to the running (count, Σ, Σ²) of the training images."""
+        values = self.scale_mean_nll(outputs).detach().double()
+        sums = torch.stack([torch.full_like(values[0], len(values)), values.sum(0), values.pow(2).sum(0)])
+        self._scale_sums = sums if self._scale_sums is None else self._scale_sums + sums
+
+    def apply_scale_statistics(self) -> bool:
+        """Set ``scale_nll_stats`` from the running sums (summed over the ranks) and reset them; False if none."""
+        sums = self._scale_sums
+        if self._trainer is not None and self.trainer.world_size > 1:
+            if sums is None:  # every rank joins the reduction, with or without batches of its own
+                sums = torch.zeros(3, self.scale_nll_stats.shape[1], dtype=torch.float64, device=self.device)
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        self._scale_sums = None
+        if sums is None or float(sums[0, 0]) < 2:
+            return False
+        count, total, squares = sums
+        mean = total / count
+        std = ((squares - count * mean.pow(2)) / (count - 1)).clamp_min(0).sqrt().clamp_min(1e-12)
+        self.scale_nll_stats.copy_(torch.stack([mean, std]).to(self.scale_nll_stats))
+        return True
+
+    def has_scale_statistics(self) -> bool:
+        """Whether ``scale_nll_stats`` holds gathered statistics (every scale's std > 0)."""
+        return bool((self.scale_nll_stats[1] > 0).all())
+
+    @torch.no_grad()
+    def calibrate_scale_statistics(self, dataloader: Any) -> None:
+        """Compute ``scale_nll_stats`` over a loader of defect-free images (a checkpoint fitted with another score);
+        the module runs in eval mode meanwhile."""
+        training, self._scale_sums = self.training, None
+        self.eval()
+        for batch in dataloader:
+            self.add_scale_statistics(self(batch["image"].to(self.device)))
+        self.train(training)
+        if not self.apply_scale_statistics():
+            raise ValueError("calibrate_scale_statistics: the loader gave fewer than 2 images")
+
+    def on_train_epoch_start(self) -> None:
+        self._scale_sums = None
+
+    def on_validation_epoch_start(self) -> None:
+        if self.hparams.image_score == "scale_zmax" and not self.trainer.sanity_checking:
+            self.apply_scale_statistics()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """As the base class; a checkpoint saved before ``scale_nll_stats`` existed loads with it unset (zeros)."""
+        super().on_load_checkpoint(checkpoint)
+        checkpoint.get("state_dict", {}).setdefault("scale_nll_stats", torch.zeros_like(self.scale_nll_stats))
 
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
@@ -323,9 +401,24 @@ class MSFlow(CrackSegModule):
         return outputs["total_logp"]
 
     def image_score(self, maps: Tensor, outputs: dict[str, Any]) -> Tensor:
-        """Mean of the top ``top_k`` fraction of the multiplicative map, or (``mean_nll``) the mean −Σ logp."""
+        """Mean of the top ``top_k`` fraction of the multiplicative map, (``mean_nll``) the mean −Σ logp, or
+        (``scale_zmax``) the largest standardised per-scale mean NLL."""
         if self.hparams.image_score == "mean_nll":
             return -self._total_logp(outputs).flatten(1).mean(1)
+        if self.hparams.image_score == "scale_zmax":
+            return self._scale_zmax(outputs)
         flat = self.pro_map(maps, outputs).flatten(1)
         k = max(1, math.ceil(self.hparams.top_k * flat.shape[1]))
         return flat.topk(k, dim=1).values.mean(1)
+
+    def _scale_zmax(self, outputs: dict[str, Any]) -> Tensor:
+        values = self.scale_mean_nll(outputs)
+        mean, std = self.scale_nll_stats.to(values)
+        if not self.has_scale_statistics():
+            if self._trainer is not None and self.trainer.sanity_checking:  # before any training batch
+                return values.amax(1)
+            raise ValueError("model.image_score 'scale_zmax' needs the per-scale statistics of the training images, "
+                             "which this model does not hold (a checkpoint fitted with another image_score, or no "
+                             "training epoch yet): fit with image_score scale_zmax, or call "
+                             "calibrate_scale_statistics(loader of defect-free images)")
+        return ((values - mean) / std).amax(1)
