@@ -45,8 +45,8 @@ def saved_config(folder: Path) -> dict:
     return yaml.safe_load(found[-1].read_text())
 
 
-def test_maps(folder: Path) -> tuple[object, list[torch.Tensor], list[dict], torch.Tensor, list[torch.Tensor]]:
-    """The checkpoint's module, its test maps and outputs per batch, the test labels and masks.
+def test_maps(folder: Path) -> tuple[object, list[torch.Tensor], list[dict], torch.Tensor, list[torch.Tensor], object]:
+    """The checkpoint's module, its test maps and outputs per batch, the test labels and masks, its datamodule.
 
     An MSFlow checkpoint without per-scale statistics (fitted with another ``image_score``) gets them from the
     run's training images first (``calibrate_scale_statistics``), so ``scale_zmax`` can be scored.
@@ -68,7 +68,7 @@ def test_maps(folder: Path) -> tuple[object, list[torch.Tensor], list[dict], tor
             outputs.append(out)
             labels.append(batch["label"])
             masks.append(batch["mask"])
-    return model, maps, outputs, torch.cat(labels), masks
+    return model, maps, outputs, torch.cat(labels), masks, datamodule
 
 
 def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -126,6 +126,33 @@ def msflow_scale_scores(model: object, outputs: list[dict], labels: torch.Tensor
     return result
 
 
+def msflow_zmax_sources(model: object, datamodule: object, outputs: list[dict],
+                        labels: torch.Tensor) -> list[tuple[str, float, float, list[str], list[float]]]:
+    """``scale_zmax`` with the per-scale statistics of the training images (the switch) and, as a diagnostic, of
+    the held-out defect-free validation images: image AUROC % of the maximum and of the sum of the standardised
+    scales, at which scale each test image's maximum lies (good / defective), and the mean z of the good test
+    images per scale."""
+    trained = model.scale_nll_stats.clone()
+    datamodule.setup("fit")
+    sources = [("training images (the switch)", trained)]
+    try:
+        model.calibrate_scale_statistics(datamodule.val_dataloader())
+        sources.append(("validation images", model.scale_nll_stats.clone()))
+    except ValueError:  # fewer than 2 validation images: no such row
+        pass
+    model.scale_nll_stats.copy_(trained)
+    values = torch.cat([model.scale_mean_nll(out) for out in outputs])
+    rows = []
+    for source, (mean, std) in sources:
+        z = (values - mean) / std
+        where = z.argmax(1)
+        counts = [f"{int(((where == s) & (labels == 0)).sum())} / {int(((where == s) & (labels == 1)).sum())}"
+                  for s in range(z.shape[1])]
+        rows.append((source, auroc(z.amax(1), labels), auroc(z.sum(1), labels), counts,
+                     z[labels == 0].mean(0).tolist()))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", action="append", required=True, help="NAME=FOLDER of a finished fit run")
@@ -137,10 +164,11 @@ def main(argv: list[str] | None = None) -> str:
     rows, vae, flows = [], [], []
     for item in args.run:
         name, _, folder = item.partition("=")
-        model, maps, outputs, labels, masks = test_maps(Path(folder))
+        model, maps, outputs, labels, masks, datamodule = test_maps(Path(folder))
         if isinstance(model, lightning_modules.MSFlow):
             flows.append((name, msflow_scores(model, outputs, labels, masks),
-                          msflow_scale_scores(model, outputs, labels)))
+                          msflow_scale_scores(model, outputs, labels),
+                          msflow_zmax_sources(model, datamodule, outputs, labels)))
             continue
         if isinstance(model, lightning_modules.VAEGradCAM):
             vae.append((name, vae_scores(maps, outputs, labels), len(labels)))
@@ -172,13 +200,22 @@ Feature autoencoders: each `score` (`topk`: mean of the top `topk_fraction`) wit
         text += (f"\n{name} ({n} test images), image AUROC % of each score (the paper's: l2):\n\n| "
                  + " | ".join(values) + " |\n|" + "---|" * len(values) + "\n| "
                  + " | ".join(f"{v:.1f}" for v in values.values()) + " |\n")
-    for name, values, scales in flows:
+    for name, values, scales, sources in flows:
         text += (f"\n{name}: image AUROC % / pixel AUROC % per `map_normalization`, `image_score` (the first: the "
                  "reference code, the run's):\n\n| " + " | ".join(values) + " |\n|" + "---|" * len(values) + "\n| "
                  + " | ".join(f"{a:.1f} / {p:.1f}" for a, p in values.values()) + " |\n\n"
                  f"{name}: image AUROC % of each scale's negative log-likelihood alone (diagnostic):\n\n| "
                  + " | ".join(scales) + " |\n|" + "---|" * len(scales) + "\n| "
                  + " | ".join(f"{v:.1f}" for v in scales.values()) + " |\n")
+        n = len(sources[0][3])
+        text += (f"\n{name}: `image_score: scale_zmax` by the source of its per-scale statistics (image AUROC %; "
+                 "maximum at each scale: good / defective test images; mean z of the good test images):\n\n"
+                 "| statistics of | scale_zmax | sum of the standardised scales | "
+                 + " | ".join(f"maximum at scale {s + 1}" for s in range(n)) + " | mean z of good test images |\n|"
+                 + "---|" * (n + 4) + "\n")
+        for source, zmax, zsum, counts, mean_z in sources:
+            text += (f"| {source} | {zmax:.1f} | {zsum:.1f} | " + " | ".join(counts) + " | "
+                     + " / ".join(f"{v:.2f}" for v in mean_z) + " |\n")
     print(text)
     if args.write:
         write_section(args.section, text)

@@ -378,6 +378,7 @@ def test_anomaly_scores_benchmark_rescores_an_msflow_run(workdir: Path) -> None:
     root = make_magnetic_tile(workdir / "mt", n_free=8)
     common = ["--config", str(CONFIGS / "magnetic_tile.yaml"), "--data.init_args.root", str(root),
               "--data.init_args.image_size", "[64, 64]", "--data.init_args.batch_size", "2",
+              "--data.init_args.val_fraction", "0.4",  # at least 2 validation images for the statistics' row
               "--model.init_args.weights", "null", "--model.init_args.backbone", "resnet18",
               "--model.init_args.normalization", "imagenet", *TINY_FLOW, *TINY_TRAINER]
     main(["fit", *common])
@@ -392,6 +393,11 @@ def test_anomaly_scores_benchmark_rescores_an_msflow_run(workdir: Path) -> None:
         100 * float(cli.trainer.callback_metrics["test/image_auroc"]), abs=0.05)
     scales = next(line for line in lines if line.startswith("| scale 1 mean |"))
     assert scales.count("|") == 7  # mean and top 1 % of three scales
+    sources = [line for line in lines if line.startswith(("| training images", "| validation images"))]
+    assert len(sources) == 2 and all(line.count("|") == 8 for line in sources)
+    # every test image's maximum lies at one of the three scales
+    counts = [[int(n) for cell in line.split("|")[4:7] for n in cell.split(" / ")] for line in sources]
+    assert all(sum(c) == len(cli.datamodule.datasets["test"]) for c in counts)
 
 
 def test_scale_zmax_statistics_are_gathered_in_fit_and_kept_in_the_checkpoint(workdir: Path) -> None:
