@@ -46,19 +46,12 @@ def saved_config(folder: Path) -> dict:
 
 
 def test_maps(folder: Path) -> tuple[object, list[torch.Tensor], list[dict], torch.Tensor, list[torch.Tensor], object]:
-    """The checkpoint's module, its test maps and outputs per batch, the test labels and masks, its datamodule.
-
-    An MSFlow checkpoint without per-scale statistics (fitted with another ``image_score``) gets them from the
-    run's training images first (``calibrate_scale_statistics``), so ``scale_zmax`` can be scored.
-    """
+    """The checkpoint's module, its test maps and outputs per batch, the test labels and masks, its datamodule."""
     config = saved_config(folder)
     model_cls = getattr(lightning_modules, config["model"]["class_path"].rpartition(".")[2])
     model = model_cls.load_from_checkpoint(folder / "checkpoints" / "best.ckpt", map_location="cpu").eval()
     data_cls = getattr(datamodules, config["data"]["class_path"].rpartition(".")[2])
     datamodule = data_cls(**config["data"].get("init_args", {}))
-    if isinstance(model, lightning_modules.MSFlow) and not model.has_scale_statistics():
-        datamodule.setup("fit")
-        model.calibrate_scale_statistics(datamodule.train_dataloader())
     datamodule.setup("test")
     maps, outputs, labels, masks = [], [], [], []
     with torch.no_grad():
@@ -118,22 +111,23 @@ def msflow_scale_scores(model: object, outputs: list[dict], labels: torch.Tensor
     """Image AUROC % of each scale's negative log-likelihood alone (a diagnostic, not a switch): mean and top 1 %."""
     result = {}
     native = [model._native_logp(out) for out in outputs]
+    means = torch.cat([model.scale_mean_nll(out) for out in outputs])
     for scale in range(len(native[0])):
         nll = [-maps[scale].flatten(1) for maps in native]
         top = [n.topk(max(1, math.ceil(0.01 * n.shape[1])), 1).values.mean(1) for n in nll]
-        result[f"scale {scale + 1} mean"] = auroc(torch.cat([n.mean(1) for n in nll]), labels)
+        result[f"scale {scale + 1} mean"] = auroc(means[:, scale], labels)
         result[f"scale {scale + 1} top 1 %"] = auroc(torch.cat(top), labels)
     return result
 
 
-def msflow_zmax_sources(model: object, datamodule: object, outputs: list[dict],
-                        labels: torch.Tensor) -> list[tuple[str, float, float, list[str], list[float]]]:
-    """``scale_zmax`` with the per-scale statistics of the training images (the switch) and, as a diagnostic, of
-    the held-out defect-free validation images: image AUROC % of the maximum and of the sum of the standardised
-    scales, at which scale each test image's maximum lies (good / defective), and the mean z of the good test
-    images per scale."""
-    trained = model.scale_nll_stats.clone()
+def msflow_statistics(model: object, datamodule: object) -> list[tuple[str, torch.Tensor]]:
+    """``scale_zmax``'s per-scale statistics by source: the training images' (the checkpoint's, or computed by
+    ``calibrate_scale_statistics`` for a run fitted with another score; left in the model) and, as a diagnostic,
+    the held-out defect-free validation images' (absent with fewer than 2)."""
     datamodule.setup("fit")
+    if not model.has_scale_statistics():
+        model.calibrate_scale_statistics(datamodule.train_dataloader())
+    trained = model.scale_nll_stats.clone()
     sources = [("training images (the switch)", trained)]
     try:
         model.calibrate_scale_statistics(datamodule.val_dataloader())
@@ -141,6 +135,14 @@ def msflow_zmax_sources(model: object, datamodule: object, outputs: list[dict],
     except ValueError:  # fewer than 2 validation images: no such row
         pass
     model.scale_nll_stats.copy_(trained)
+    return sources
+
+
+def msflow_zmax_sources(model: object, sources: list[tuple[str, torch.Tensor]], outputs: list[dict],
+                        labels: torch.Tensor) -> list[tuple[str, float, float, list[str], list[float]]]:
+    """``scale_zmax`` under each source of statistics (:func:`msflow_statistics`): image AUROC % of the maximum
+    and of the sum of the standardised scales, at which scale each test image's maximum lies (good / defective),
+    and the mean z of the good test images per scale."""
     values = torch.cat([model.scale_mean_nll(out) for out in outputs])
     rows = []
     for source, (mean, std) in sources:
@@ -166,9 +168,10 @@ def main(argv: list[str] | None = None) -> str:
         name, _, folder = item.partition("=")
         model, maps, outputs, labels, masks, datamodule = test_maps(Path(folder))
         if isinstance(model, lightning_modules.MSFlow):
+            sources = msflow_statistics(model, datamodule)
             flows.append((name, msflow_scores(model, outputs, labels, masks),
                           msflow_scale_scores(model, outputs, labels),
-                          msflow_zmax_sources(model, datamodule, outputs, labels)))
+                          msflow_zmax_sources(model, sources, outputs, labels)))
             continue
         if isinstance(model, lightning_modules.VAEGradCAM):
             vae.append((name, vae_scores(maps, outputs, labels), len(labels)))

@@ -368,19 +368,24 @@ def test_table_one_variants_on_real_magnetic_tile(workdir: Path, shared_data: Ca
     _table_one(workdir, "magnetic_tile", data, {"root": str(deepcrack)}, limits)
 
 
+def _tiny_magnetic_tile(workdir: Path, *extra: str) -> list[str]:
+    """CLI options of MSFlow's magnetic-tile config on a fake layout of 8 defect-free images, tiny flows, 64²."""
+    from fakes import make_magnetic_tile
+
+    root = make_magnetic_tile(workdir / "mt", n_free=8)
+    return ["--config", str(CONFIGS / "magnetic_tile.yaml"), "--data.init_args.root", str(root),
+            "--data.init_args.image_size", "[64, 64]", "--data.init_args.batch_size", "2", *extra,
+            "--model.init_args.weights", "null", "--model.init_args.backbone", "resnet18",
+            "--model.init_args.normalization", "imagenet", *TINY_FLOW, *TINY_TRAINER]
+
+
 def test_anomaly_scores_benchmark_rescores_an_msflow_run(workdir: Path) -> None:
     """benchmarks/anomaly_scores gives each map_normalization / image_score of an MSFlow run and the per-scale
     diagnostic; its first cell (the run's own setting) is the image AUROC ``crackseg test`` reports."""
-    from fakes import make_magnetic_tile
-
     from benchmarks import anomaly_scores
 
-    root = make_magnetic_tile(workdir / "mt", n_free=8)
-    common = ["--config", str(CONFIGS / "magnetic_tile.yaml"), "--data.init_args.root", str(root),
-              "--data.init_args.image_size", "[64, 64]", "--data.init_args.batch_size", "2",
-              "--data.init_args.val_fraction", "0.4",  # at least 2 validation images for the statistics' row
-              "--model.init_args.weights", "null", "--model.init_args.backbone", "resnet18",
-              "--model.init_args.normalization", "imagenet", *TINY_FLOW, *TINY_TRAINER]
+    # at least 2 validation images for the statistics' row
+    common = _tiny_magnetic_tile(workdir, "--data.init_args.val_fraction", "0.4")
     main(["fit", *common])
     run = workdir / "runs/msflow_magnetic_tile"
     cli = main(["test", *common, "--ckpt_path", str(run / "checkpoints/best.ckpt")])
@@ -403,13 +408,7 @@ def test_anomaly_scores_benchmark_rescores_an_msflow_run(workdir: Path) -> None:
 def test_scale_zmax_statistics_are_gathered_in_fit_and_kept_in_the_checkpoint(workdir: Path) -> None:
     """Fit with image_score scale_zmax: the training batches give the per-scale statistics before validation,
     the checkpoint keeps them, and test from it scores with them; a checkpoint without them refuses clearly."""
-    from fakes import make_magnetic_tile
-
-    root = make_magnetic_tile(workdir / "mt", n_free=8)
-    common = ["--config", str(CONFIGS / "magnetic_tile.yaml"), "--data.init_args.root", str(root),
-              "--data.init_args.image_size", "[64, 64]", "--data.init_args.batch_size", "2",
-              "--model.init_args.weights", "null", "--model.init_args.backbone", "resnet18",
-              "--model.init_args.normalization", "imagenet", *TINY_FLOW, *TINY_TRAINER]
+    common = _tiny_magnetic_tile(workdir)
     fitted = main(["fit", *common, "--model.init_args.image_score", "scale_zmax"]).model
     stats = fitted.scale_nll_stats.detach().cpu()
     assert stats.shape == (2, 3) and torch.isfinite(stats).all() and bool((stats[1] > 0).all())
