@@ -18,6 +18,12 @@ by ``calibrate_scale_statistics`` over the run's training images): image AUROC a
 of each; and, as a diagnostic, the image AUROC of each scale's
 negative log-likelihood alone (its mean and top-1 % mean over the image). Prints
 the tables (``--write``: also the section ``anomaly_scores`` of RESULTS.md).
+
+``--smoothing 0,4,8`` adds a diagnostic table: the test maps smoothed by a Gaussian of each sigma (pixels; kernel
+2⌊4σ + 0.5⌋ + 1, reflect padding: anomalib's ``GaussianBlur2d`` for PaDiM / PatchCore; 0 = unsmoothed), scored
+again: a feature autoencoder's image AUROC (``max`` / ``topk``, whole map and ``--border``), pixel AUROC (every
+16th pixel) and AUPRO; an MSFlow run's pixel AUROC and AUPRO of its additive map, its multiplicative map (both
+the reference's per-image normalisation) and the absolute −Σ logp.
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ from pathlib import Path
 
 import torch
 import yaml
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from benchmarks.common import commit, machine, usable_cores, write_section
 from crackseg import datamodules, lightning_modules
-from crackseg.metrics import ImageMetrics
+from crackseg.metrics import AUPRO, ImageMetrics
 
 SCORES = ("max", "topk", "mean")
 
@@ -155,18 +162,79 @@ def msflow_zmax_sources(model: object, sources: list[tuple[str, torch.Tensor]], 
     return rows
 
 
+def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A (B, 1, H, W) map smoothed by a Gaussian of ``sigma`` pixels (anomalib's kernel size); 0: unchanged."""
+    if sigma == 0:
+        return maps
+    size = 2 * int(4 * sigma + 0.5) + 1
+    return gaussian_blur(maps.float(), [size, size], [sigma, sigma])
+
+
+def _msflow_variant_maps(model: object, out: dict) -> dict[str, torch.Tensor]:
+    """MSFlow's additive and multiplicative maps (per-image normalisation, the reference) and −Σ logp."""
+    normalization = model.hparams.map_normalization
+    model.hparams.map_normalization = "image"
+    out.pop("mul_map", None)
+    maps = {"additive map": model.anomaly_map(out), "multiplicative map": model.pro_map(None, out),
+            "−Σ logp": -model._total_logp(out)}
+    model.hparams.map_normalization = normalization
+    out.pop("mul_map", None)
+    return maps
+
+
+def smoothing_rows(model: object, maps: list[torch.Tensor], outputs: list[dict], labels: torch.Tensor,
+                   masks: list[torch.Tensor], sigmas: list[float], border: int) -> list[list[str]]:
+    """Rows of the ``--smoothing`` table: map, sigma, [image AUROC × 4 (feature AEs),] pixel AUROC, AUPRO."""
+    msflow = isinstance(model, lightning_modules.MSFlow)
+    variants = [_msflow_variant_maps(model, out) for out in outputs] if msflow else [{"residual map": m} for m in maps]
+    settings = [(score, b) for b in (0, border) for score in ("max", "topk")]
+    saved = (model.hparams.get("score"), model.hparams.get("score_border"))
+    rows = []
+    for name in variants[0]:
+        for sigma in sigmas:
+            pro, pixels, targets, scores = AUPRO(), [], [], {s: [] for s in settings}
+            for batch_maps, mask in zip(variants, masks, strict=True):
+                smoothed = smooth(batch_maps[name], sigma)
+                pro.update(smoothed, mask)
+                pixels.append(smoothed.flatten()[::16])
+                targets.append(mask.flatten()[::16])
+                for setting in settings if not msflow else ():
+                    model.hparams.score, model.hparams.score_border = setting
+                    scores[setting].append(model.image_score(smoothed, {}))
+            images = [] if msflow else [f"{auroc(torch.cat(v), labels):.1f}" for v in scores.values()]
+            rows.append([name, f"{sigma:g}", *images, f"{auroc(torch.cat(pixels), torch.cat(targets)):.1f}",
+                         f"{100 * float(pro.compute()):.1f}"])
+    if not msflow:
+        model.hparams.score, model.hparams.score_border = saved
+    return rows
+
+
+def smoothing_text(name: str, rows: list[list[str]], border: int) -> str:
+    """The ``--smoothing`` table of one run."""
+    images = [] if len(rows[0]) == 4 else ["max", "topk", f"max, border {border}", f"topk, border {border}"]
+    head = ["map", "sigma", *(f"image AUROC {s}" for s in images), "pixel AUROC", "AUPRO"]
+    return (f"\n{name}: test maps smoothed by a Gaussian of each sigma (pixels; 0: as tested), % (diagnostic):\n\n| "
+            + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
+            + "".join("| " + " | ".join(row) + " |\n" for row in rows))
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", action="append", required=True, help="NAME=FOLDER of a finished fit run")
     parser.add_argument("--border", type=int, default=8, help="score_border of the border-excluded rows (pixels)")
     parser.add_argument("--write", action="store_true", help="replace the section --section of RESULTS.md")
     parser.add_argument("--section", default="anomaly_scores", help="section of RESULTS.md --write replaces")
+    parser.add_argument("--smoothing", type=lambda v: [float(x) for x in v.split(",")], default=[],
+                        help="comma-separated Gaussian sigmas (pixels) of the smoothing table, e.g. 0,4,8")
     args = parser.parse_args(argv)
     torch.set_num_threads(usable_cores())
-    rows, vae, flows = [], [], []
+    rows, vae, flows, smoothed = [], [], [], []
     for item in args.run:
         name, _, folder = item.partition("=")
         model, maps, outputs, labels, masks, datamodule = test_maps(Path(folder))
+        if args.smoothing and not isinstance(model, lightning_modules.VAEGradCAM):
+            smoothed.append(smoothing_text(name, smoothing_rows(model, maps, outputs, labels, masks, args.smoothing,
+                                                                args.border), args.border))
         if isinstance(model, lightning_modules.MSFlow):
             sources = msflow_statistics(model, datamodule)
             flows.append((name, msflow_scores(model, outputs, labels, masks),
@@ -219,6 +287,7 @@ Feature autoencoders: each `score` (`topk`: mean of the top `topk_fraction`) wit
         for source, zmax, zsum, counts, mean_z in sources:
             text += (f"| {source} | {zmax:.1f} | {zsum:.1f} | " + " | ".join(counts) + " | "
                      + " / ".join(f"{v:.2f}" for v in mean_z) + " |\n")
+    text += "".join(smoothed)
     print(text)
     if args.write:
         write_section(args.section, text)

@@ -447,9 +447,15 @@ def test_anomaly_scores_benchmark_rescores_a_finished_run(workdir: Path) -> None
     main(["fit", *common])
     run = workdir / "runs/dfr_magnetic_tile"
     cli = main(["test", *common, "--ckpt_path", str(run / "checkpoints/best.ckpt")])
-    text = anomaly_scores.main(["--run", f"DFR={run}", "--border", "4"])
+    text = anomaly_scores.main(["--run", f"DFR={run}", "--border", "4", "--smoothing", "0,2"])
     row = next(line for line in text.splitlines() if line.startswith("| DFR |"))
     cells = [cell.strip() for cell in row.strip("|").split("|")][2:]
     assert len(cells) == 6 and cells[0].startswith("**")  # the run scored by max, whole map
     assert float(cells[0].strip("*")) == pytest.approx(100 * float(cli.trainer.callback_metrics["test/image_auroc"]),
                                                        abs=0.05)
+    # the smoothing table: sigma 0 is the unsmoothed map, so its scores are the re-scoring table's
+    smoothing = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+                 if line.startswith("| residual map |")]
+    assert [r[1] for r in smoothing] == ["0", "2"] and all(len(r) == 8 for r in smoothing)
+    assert smoothing[0][2:4] == [cells[0].strip("*"), cells[1]] and smoothing[0][4:6] == [cells[3], cells[4]]
+    assert all(0 <= float(v) <= 100 for r in smoothing for v in r[2:])

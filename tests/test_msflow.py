@@ -389,8 +389,14 @@ def test_anomaly_scores_benchmark_rescores_an_msflow_run(workdir: Path) -> None:
     main(["fit", *common])
     run = workdir / "runs/msflow_magnetic_tile"
     cli = main(["test", *common, "--ckpt_path", str(run / "checkpoints/best.ckpt")])
-    text = anomaly_scores.main(["--run", f"MSFlow={run}"])
+    text = anomaly_scores.main(["--run", f"MSFlow={run}", "--smoothing", "0,2"])
     lines = text.splitlines()
+    smoothing = [[c.strip() for c in line.strip("|").split("|")] for line in lines
+                 if line.startswith(("| additive map |", "| multiplicative map |", "| −Σ logp |"))]
+    assert [r[:2] for r in smoothing][::2] == [["additive map", "0"], ["multiplicative map", "0"], ["−Σ logp", "0"]]
+    assert all(len(r) == 4 and 0 <= float(r[2]) <= 100 and 0 <= float(r[3]) <= 100 for r in smoothing)
+    # the unsmoothed multiplicative map is the one crackseg test computes AUPRO on
+    assert float(smoothing[2][3]) == pytest.approx(100 * float(cli.trainer.callback_metrics["test/aupro"]), abs=0.05)
     heads = lines.index("| image, topk | none, topk | image, mean_nll | image, scale_zmax |")
     cells = [cell.strip() for cell in lines[heads + 2].strip("|").split("|")]
     assert len(cells) == 4 and all(0 <= float(c.split(" / ")[0]) <= 100 for c in cells)
